@@ -1,0 +1,119 @@
+"""Safe image decoding shared by the edge and the trainer.
+
+Every input is probed (format and pixel count from the header, without decoding) before it is
+decoded, so a decompression bomb or a text file renamed `.png` becomes an `ImageError` with a
+reason instead of an out-of-memory kill or a crash.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import cv2
+import numpy as np
+from PIL import Image
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
+SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 50_000_000  # a 2592x1944 field is 5 Mpx; 10x headroom
+
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit before decoding
+
+
+class ImageError(ValueError):
+    """An input that cannot become an image; `reason` is a short stable code for journals/APIs."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def probe(data: bytes) -> ImageInfo:
+    """Format and size from the header only."""
+    if not data:
+        raise ImageError("empty", "the file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, (w, h) = im.format or "", im.size
+    except Exception as exc:  # PIL raises many types for garbage
+        raise ImageError("not_an_image", f"not a readable image ({type(exc).__name__})") from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise ImageError(
+            "unsupported_format", f"{fmt or 'unknown'} is not supported; use JPEG, PNG, BMP or TIFF"
+        )
+    return ImageInfo(fmt, w, h)
+
+
+def _reduction_flag(info: ImageInfo, target: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    """Largest JPEG DCT reduction that keeps the image at least as big as the target (h, w)."""
+    if info.format != "JPEG" or target is None:
+        return cv2.IMREAD_COLOR, 1
+    th, tw = target
+    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if info.width // factor >= tw and info.height // factor >= th:
+            return flag, factor
+    return cv2.IMREAD_COLOR, 1
+
+
+def _looks_truncated(data: bytes, fmt: str) -> bool:
+    if fmt == "JPEG":
+        return b"\xff\xd9" not in data[-64:]
+    if fmt == "PNG":
+        return b"IEND" not in data[-32:]
+    return False
+
+
+def decode(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target: Optional[Tuple[int, int]] = None,
+) -> np.ndarray:
+    """Bytes -> HxWx3 uint8 BGR.
+
+    `target` (h, w) lets large JPEGs decode at reduced size when the consumer only needs that
+    much resolution (whole-image mode into a 100x100 model).
+    """
+    info = probe(data)
+    if info.width * info.height > max_pixels:
+        raise ImageError(
+            "too_many_pixels",
+            f"{info.width}x{info.height} exceeds the limit of {max_pixels} pixels",
+        )
+    if _looks_truncated(data, info.format):
+        raise ImageError("truncated", f"the {info.format} data is truncated")
+    flag, _ = _reduction_flag(info, target)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None or image.size == 0:
+        raise ImageError("undecodable", f"the {info.format} data could not be decoded")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image
+
+
+def read(
+    path: Union[str, Path],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target: Optional[Tuple[int, int]] = None,
+) -> np.ndarray:
+    """Decode a file; unreadable files become `ImageError` too."""
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise ImageError("not_a_file", "is a directory, not an image file") from None
+    except OSError as exc:
+        raise ImageError("unreadable", f"cannot read file: {exc.strerror}") from None
+    return decode(data, max_pixels=max_pixels, target=target)

@@ -1,0 +1,72 @@
+"""Configuration: defaults work, every kind of mistake names its dotted path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.config import Config, ConfigError, load_config
+from tests.conftest import REPO_ROOT
+
+
+def test_confs_json_matches_embedded_defaults() -> None:
+    raw = json.loads((REPO_ROOT / "confs.json").read_text())
+    assert Config.model_validate(raw) == Config()
+
+
+def test_required_keys_exist_with_documented_names() -> None:
+    cfg = load_config(REPO_ROOT / "confs.json")
+    assert cfg.model.devices == ["MYRIAD", "CPU"]
+    assert cfg.model.xml == REPO_ROOT / "models/default/model.xml"
+    assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 8080)
+    assert cfg.storage.data_dir == REPO_ROOT / "var/data"
+    assert cfg.sources.folder.enabled and cfg.sources.folder.path == REPO_ROOT / "var/inbox"
+    assert cfg.hias.enabled is False
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("server.port=70000", "server.port: Input should be less than or equal to 65535"),
+        ("server.prot=8000", "server.prot: unknown key"),
+        ("server.port=\"abc\"", "server.port: Input should be a valid integer"),
+        ("hias.entity_type=Things", "hias.entity_type: Input should be 'Agents' or 'Devices'"),
+        ("hias.zone=a/b", "hias.zone: Value error, must be a non-empty topic segment"),
+        ("server.host=my host", "server.host: Value error, must be an IP address"),
+        ("model.xml=/nonexistent/model.xml", "model.xml: file not found: /nonexistent/model.xml"),
+        ("server=3", "server: Input should be a valid dictionary"),
+    ],
+)
+def test_errors_name_the_path(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(REPO_ROOT / "confs.json", [override])
+    assert any(fragment in p for p in exc.value.problems), exc.value.problems
+
+
+def test_set_parses_json_else_string(tmp_path: Path) -> None:
+    cfg = load_config(None, ["server.port=8099", "hias.enabled=false", "agent.name=lab 3",
+                             "model.devices=[\"CPU\"]"])
+    assert cfg.server.port == 8099 and cfg.agent.name == "lab 3" and cfg.model.devices == ["CPU"]
+
+
+def test_bad_json_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text('{"server": {"port": 80,}}')
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    assert "not valid JSON at line 1" in str(exc.value)
+
+
+def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"storage": {"data_dir": "d"}}))
+    cfg = load_config(cfg_file, check_files=False)
+    assert cfg.storage.data_dir == tmp_path / "d"
+
+
+def test_hias_enabled_needs_its_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["hias.enabled=true", f"hias.tls.ca_file={tmp_path}/none.pem"])
+    assert any(p.startswith("hias.tls.ca_file: file not found") for p in exc.value.problems)
