@@ -166,6 +166,8 @@ class HiasConfig(Section):
     longitude: float = Field(0.0, ge=-180, le=180)
     keepalive: int = Field(60, ge=5, le=3600)
     resend_rate: float = Field(50, gt=0, le=10000, description="backlog messages per second")
+    reconnect_min_delay: float = Field(1, gt=0, le=600, description="seconds, doubles per failure")
+    reconnect_max_delay: float = Field(60, gt=0, le=3600, description="seconds, backoff ceiling")
 
     @field_validator("location", "zone", "entity")
     @classmethod

@@ -1,0 +1,302 @@
+"""Folder source: watch an inbox, wait until files are completely written, claim atomically.
+
+A file is claimed by renaming it into `data_dir/processing/<id>__<name>`: from then on it has an
+id, and whatever happens (even `kill -9`) `recover()` at the next start finishes it exactly once.
+Everything that is not a settled regular image file (directories, symlinks, other extensions)
+is claimed too and ends in quarantine with a reason. Names starting with "." and the temporary
+suffixes below are left alone: copy tools write those and rename them when done.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from edge.component import Component, HealthCheck
+from edge.journal import new_id
+from edge.pipeline import Job, Stopped
+from edge.retention import display_name, split_stored, stored_name
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", "~")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def ulid_time(id: str) -> Optional[float]:
+    """Creation time (seconds) encoded in an id from edge.journal.new_id."""
+    try:
+        ms = 0
+        for ch in id[:10]:
+            ms = ms * 32 + _CROCKFORD.index(ch)
+    except ValueError:
+        return None
+    return ms / 1000.0
+
+
+def open_for_writing(path: str) -> Optional[bool]:
+    """True if some process has the file open for writing (Linux read lease test).
+
+    None when it cannot be told cheaply (not our file and no CAP_LEASE, leases disabled):
+    the settle time alone decides then.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    finally:
+        os.close(fd)
+
+
+def ignored(name: str) -> bool:
+    return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
+
+
+class FolderSource(Component):
+    name = "folder"
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self.cfg = daemon.config.sources.folder
+        self.inbox = Path(self.cfg.path)
+        self.processing: Path = daemon.store.processing
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._observer: Any = None
+        self.mode = "polling"
+        self._pending: Dict[str, Tuple[Tuple[int, ...], float]] = {}
+        self.claimed = 0
+        self.last_claim: Optional[float] = None
+        self.last_scan: Optional[float] = None
+        self.error: Optional[str] = None
+        self._cross_device = False
+        self._reported: set = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self._cross_device = os.stat(self.inbox).st_dev != os.stat(self.processing).st_dev
+        if self._cross_device:
+            log.warning("inbox %s and data_dir are on different filesystems: claims copy, "
+                        "which is not atomic; put both on one filesystem", self.inbox)
+        if self.cfg.use_inotify:
+            self._start_observer()
+        self._thread = threading.Thread(target=self._run, name="folder-source", daemon=True)
+        self._thread.start()
+        log.info("folder source watching %s (%s, settle %.1f s)", self.inbox, self.mode,
+                 self.cfg.settle_seconds)
+
+    def _start_observer(self) -> None:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            wake = self._wake
+
+            class _Wake(FileSystemEventHandler):
+                def on_any_event(self, event: Any) -> None:
+                    wake.set()
+
+            obs = Observer()
+            obs.schedule(_Wake(), str(self.inbox), recursive=False)
+            obs.daemon = True
+            obs.start()
+        except Exception as exc:
+            log.warning("inotify unavailable (%s); polling %s every %.1f s", exc, self.inbox,
+                        self.cfg.poll_interval)
+            return
+        self._observer = obs
+        self.mode = "inotify"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; files already claimed are finished by the pipeline (or recovery)."""
+        self._stop.set()
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ scanning
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.scan()
+                self.error = None
+            except OSError as exc:
+                self.error = f"cannot scan {self.inbox}: {exc.strerror}"
+                if self.error not in self._reported:
+                    log.error("%s", self.error)
+                    self._reported.add(self.error)
+                delay = self.cfg.poll_interval
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def scan(self) -> float:
+        """One pass over the inbox; claims settled entries. Returns seconds until the next pass."""
+        now = time.monotonic()
+        self.last_scan = time.time()
+        # With inotify the poll is only a safety net (e.g. events lost on overflow).
+        next_wait = self.cfg.poll_interval if self.mode == "polling" else max(
+            self.cfg.poll_interval, 10.0)
+        seen = set()
+        with os.scandir(self.inbox) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if self._stop.is_set():
+                break
+            name = entry.name
+            if ignored(name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            seen.add(name)
+            sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+            prev = self._pending.get(name)
+            if prev is None or prev[0] != sig:
+                self._pending[name] = (sig, now)
+                if self.cfg.settle_seconds > 0:
+                    next_wait = min(next_wait, self.cfg.settle_seconds)
+                    continue
+                prev = self._pending[name]
+            waited = now - prev[1]
+            if waited < self.cfg.settle_seconds:
+                next_wait = min(next_wait, self.cfg.settle_seconds - waited)
+                continue
+            if entry.is_file(follow_symlinks=False) and open_for_writing(entry.path):
+                next_wait = min(next_wait, max(self.cfg.settle_seconds, 0.2))
+                continue
+            self._claim(name)
+            self._pending.pop(name, None)
+        for name in list(self._pending):
+            if name not in seen:
+                del self._pending[name]
+        return max(0.05, next_wait)
+
+    def _claim(self, name: str) -> None:
+        id = new_id()
+        stored = stored_name(id, name)
+        src, dst = self.inbox / name, self.processing / stored
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return  # someone else took it
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                msg = f"cannot claim {display_name(name)}: {exc.strerror}"
+                if msg not in self._reported:
+                    log.error("%s (check the inbox permissions)", msg)
+                    self._reported.add(msg)
+                self.error = msg
+                return
+            if not self._copy_claim(src, dst):
+                return
+        self.claimed += 1
+        self.last_claim = time.time()
+        job = Job(id=id, source="folder", name=name, analysis=self.cfg.analysis,
+                  received=time.time(), stored=stored, path=dst)
+        submit_blocking(self.daemon.pipeline, job, self._stop)
+
+    def _copy_claim(self, src: Path, dst: Path) -> bool:
+        """Claim across filesystems: copy to a hidden name, rename, then remove the original."""
+        tmp = dst.with_name("." + dst.name + ".claim")
+        try:
+            if src.is_symlink() or not src.is_file():
+                os.rename(src, dst)  # fails with EXDEV again: leave it for the operator
+            shutil.copy2(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.rename(tmp, dst)
+            src.unlink()
+            return True
+        except OSError as exc:
+            log.error("cannot claim %s across filesystems: %s", display_name(src.name),
+                      exc.strerror)
+            tmp.unlink(missing_ok=True)
+            return False
+
+    # ------------------------------------------------------------------ reporting
+
+    def health(self) -> List[HealthCheck]:
+        detail = {"path": str(self.inbox), "mode": self.mode, "claimed": self.claimed,
+                  "waiting": len(self._pending)}
+        if self.error:
+            return [HealthCheck("folder source", "fail", self.error, detail)]
+        alive = self._thread is not None and self._thread.is_alive()
+        if not alive:
+            return [HealthCheck("folder source", "fail", "not running", detail)]
+        state = "warn" if self._cross_device else "ok"
+        return [HealthCheck("folder source", state,
+                            f"watching {self.inbox} ({self.mode}), {self.claimed} claimed", detail)]
+
+    def status(self) -> Dict[str, Any]:
+        return {"path": str(self.inbox), "mode": self.mode, "claimed": self.claimed,
+                "waiting": len(self._pending), "last_claim": self.last_claim,
+                "error": self.error}
+
+
+def submit_blocking(pipeline: Any, job: Job, stop: threading.Event) -> bool:
+    """Submit with back-pressure; gives up only when stopping (the file stays in processing/)."""
+    while not stop.is_set():
+        try:
+            pipeline.submit(job, timeout=0.5)
+            return True
+        except Stopped:
+            return False
+        except Exception as exc:
+            if type(exc).__name__ != "Busy":
+                raise
+    return False
+
+
+def recover(daemon: Any, stop: threading.Event) -> int:
+    """Finish leftovers in processing/ after a crash: journaled ones are only moved on,
+    the others are processed again under their original id. Returns the number found."""
+    store, journal = daemon.store, daemon.journal
+    count = 0
+    for entry in sorted(os.listdir(store.processing)):
+        path = store.processing / entry
+        if entry.startswith("."):
+            # a half-done cross-filesystem claim copy: the original is still in the inbox
+            log.info("removing incomplete claim copy %s", display_name(entry))
+            path.unlink(missing_ok=True)
+            continue
+        id, name = split_stored(entry)
+        if not id:
+            log.warning("processing/%s has no id; giving it one", display_name(entry))
+            id = new_id()
+            new_path = store.processing / stored_name(id, entry)
+            os.rename(path, new_path)
+            path, entry, name = new_path, new_path.name, entry
+        count += 1
+        result = journal.get(id)
+        if result is not None:
+            store.place(path, None, store.target_for(result, entry), result)
+            log.info("recovered %s (%s): already journaled as %s, moved on", id,
+                     display_name(name), result["status"])
+            continue
+        log.info("recovered %s (%s): not journaled, processing again", id, display_name(name))
+        job = Job(id=id, source="folder", name=name,
+                  analysis=daemon.config.sources.folder.analysis,
+                  received=ulid_time(id) or time.time(), stored=entry, path=path)
+        submit_blocking(daemon.pipeline, job, stop)
+    return count

@@ -1,0 +1,82 @@
+"""Find a result's archived input (or annotated image) on disk and make small thumbnails.
+
+Paths are only ever served from inside `storage.data_dir`, and ids are checked against a
+strict pattern before they touch the file system, so a crafted id cannot escape the data dir.
+Thumbnails are made lazily on first request and cached under `data_dir/thumbs/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from edge import imaging
+from edge.pipeline import THUMB_SIZE
+from edge.pipeline import thumbnail as make_thumbnail
+
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
+        ".tif": "image/tiff", ".tiff": "image/tiff"}
+
+
+def valid_id(result_id: str) -> bool:
+    return bool(ID_RE.match(result_id)) and ".." not in result_id
+
+
+def _inside(path: Path, root: Path) -> Optional[Path]:
+    try:
+        resolved = path.resolve()
+        resolved.relative_to(root.resolve())
+    except (OSError, ValueError):
+        return None
+    return resolved if resolved.is_file() else None
+
+
+def find_image(journal: Any, result_id: str, data_dir: Path, kind: str = "image") \
+        -> Optional[Path]:
+    """Absolute path of the result's `image`, `annotated` or `thumb` file, if it still exists.
+
+    The journal records these paths (relative to data_dir); retention may have removed the file.
+    """
+    path = journal.files(result_id).get(kind)
+    return _inside(Path(path), data_dir) if path else None
+
+
+def mimetype_for(path: Path) -> str:
+    return MIME.get(path.suffix.lower(), "application/octet-stream")
+
+
+def thumb_cache_path(thumbs_dir: Path, result: Mapping[str, Any]) -> Path:
+    """`thumbs/YYYY-MM-DD/<id>.jpg`: the pipeline's layout, so retention prunes ours too."""
+    day = str(result.get("time") or "")[:10]
+    return thumbs_dir / (day if DAY_RE.match(day) else "undated") / f"{result['id']}.jpg"
+
+
+def thumbnail(source: Path, cached: Optional[Path], max_pixels: int) -> bytes:
+    """JPEG bytes of a <=160 px thumbnail; cached atomically at `cached` when given.
+
+    Raises `imaging.ImageError` when the archived file cannot be decoded.
+    """
+    if cached is not None and cached.is_file():
+        return cached.read_bytes()
+    image = imaging.decode(source.read_bytes(), max_pixels=max_pixels,
+                           target=(THUMB_SIZE, THUMB_SIZE))
+    data = make_thumbnail(image, THUMB_SIZE)  # the pipeline's own thumbnail, same look
+    if data is None:
+        raise imaging.ImageError("undecodable", "could not encode a thumbnail")
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".tmp-", suffix=".jpg")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, cached)
+        except OSError:  # a full or read-only disk must not break the page; serve uncached
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(tmp)
+    return data

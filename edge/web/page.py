@@ -1,0 +1,91 @@
+"""The operator's status page: one server-rendered HTML page, no external assets.
+
+Jinja autoescaping is on for the template, so file names and other user-controlled text are
+escaped. A few lines of JS re-fetch the page every few seconds and swap the live part in
+(scroll position kept); without JS a <noscript> meta refresh does the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Mapping, Tuple
+
+from flask import Blueprint, render_template
+
+from edge import DISCLAIMER
+from edge.web.context import WebContext, current
+
+log = logging.getLogger("edge.web")
+bp = Blueprint("page", __name__)
+
+RECENT = 20
+REFRESH_SECONDS = 5
+
+
+def model_info(ctx: WebContext, status: Mapping[str, Any]) -> Dict[str, Any]:
+    """Name, version, synthetic flag and device of the model in service."""
+    info: Dict[str, Any] = {}
+    st_model = status.get("model")
+    if isinstance(st_model, Mapping):
+        info.update({k: st_model.get(k) for k in ("name", "version", "synthetic", "device")
+                     if st_model.get(k) is not None})
+    clf = getattr(ctx.daemon, "classifier", None)
+    meta = getattr(clf, "meta", None)
+    if meta is not None:
+        info.setdefault("name", getattr(meta, "name", None))
+        info.setdefault("version", getattr(meta, "version", None))
+        info.setdefault("synthetic", getattr(meta, "synthetic", None))
+    if clf is not None and getattr(clf, "device", None):
+        info.setdefault("device", clf.device)
+    return info
+
+
+def _numbers(d: Any) -> Dict[str, Any]:
+    return {str(k): v for k, v in d.items() if isinstance(v, (int, float))} \
+        if isinstance(d, Mapping) else {}
+
+
+def counter_rows(ctx: WebContext, status: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """(name, since start, all time): the daemon's counters beside the journal's totals."""
+    since, totals = _numbers(status.get("counters")), _numbers(status.get("totals"))
+    if not since and not totals:
+        try:
+            totals = _numbers(ctx.daemon.journal.counters())
+        except Exception as exc:
+            log.warning("journal.counters() failed: %s", exc)
+    names = list(since) + [k for k in totals if k not in since]
+    return [(k, since.get(k, ""), totals.get(k, "")) for k in names]
+
+
+def overall(health: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The worst state and the checks in it: the one line an operator reads first."""
+    for state in ("fail", "warn"):
+        names = [str(c.get("name")) for c in health if c.get("state") == state]
+        if names:
+            return {"state": state, "names": names}
+    return {"state": "ok", "names": []}
+
+
+@bp.get("/")
+def index():
+    ctx = current()
+    try:
+        status = ctx.status()
+    except Exception as exc:
+        log.warning("daemon.status() failed: %s", exc)
+        status = {}
+    recent: List[Dict[str, Any]] = ctx.daemon.journal.recent(RECENT)
+    health = ctx.health()
+    return render_template(
+        "status.html",
+        agent=ctx.daemon.config.agent.name,
+        model=model_info(ctx, status),
+        health=health,
+        overall=overall(health),
+        counters=counter_rows(ctx, status),
+        recent=recent,
+        disclaimer=DISCLAIMER,
+        refresh=REFRESH_SECONDS,
+        now=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+    )

@@ -1,0 +1,128 @@
+"""Cell detection measured against ground truth: synthetic fields and real C-NMC cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.analysis.crop import square_crop
+from edge.analysis.detect import detect_cells
+from edge.analysis.evaluate import Match, match_centres, read_xyc
+from edge.config import AnalysisConfig
+from tests.camera.fields import make_field
+
+MATCH_RADIUS = 40  # px; the smallest synthetic nucleus is ~60 px across
+# Measured on 40 trainer fields (seed 20261122): blast recall 1.00, white-cell recall 1.00,
+# precision 0.993 (docs/benchmarks.md). Floors sit a little below.
+RECALL_FLOOR = 0.95
+PRECISION_FLOOR = 0.95
+# C-NMC image whose segmentation mask holds a second, darker round body joined to the cell
+# by a thin bridge; the detector reports both (see docs/camera.md). Asserted, not skipped.
+CNMC_TWO_BODIES = {"UID_H7_1_2_hem.bmp": 2}
+# C-NMC crops are 450 px at high magnification: cells measure 120-300 px, so the size filter is
+# set for that scale (at the default 20 px a 37 px cytoplasm tag of UID_3_1_2 counts as a cell).
+CNMC_CFG = AnalysisConfig(min_cell_diameter_px=60, max_cell_diameter_px=440)
+
+
+@pytest.mark.slow
+def test_synthetic_fields_recall_and_precision(synth_fields: List[Dict[str, Any]],
+                                               analysis_cfg: AnalysisConfig) -> None:
+    blasts, cells = Match(0, 0, 0), Match(0, 0, 0)
+    for field in synth_fields:
+        image = cv2.imread(str(field["jpg"]))
+        assert image is not None and image.shape == (1944, 2592, 3)
+        found = [c.centre for c in detect_cells(image, analysis_cfg)]
+        blasts = blasts + match_centres(found, read_xyc(field["xyc"]), MATCH_RADIUS)
+        cells = cells + match_centres(found, field["wbc"], MATCH_RADIUS)
+    assert blasts.annotated > 10 and cells.annotated > blasts.annotated
+    print(f"blast recall {blasts.recall:.3f} ({blasts.annotated}); white cells: recall "
+          f"{cells.recall:.3f} precision {cells.precision:.3f} ({cells.annotated})")
+    assert blasts.recall >= RECALL_FLOOR
+    assert cells.recall >= RECALL_FLOOR
+    assert cells.precision >= PRECISION_FLOOR
+
+
+def test_touching_nuclei_are_split() -> None:
+    """Own SYNTHETIC fields (tests/camera/fields.py) with two touching pairs in each."""
+    cfg = AnalysisConfig(min_cell_diameter_px=60)
+    total = Match(0, 0, 0)
+    for seed in range(3):
+        image, centres = make_field(seed, leukocytes=8, pairs=2)
+        found = [c.centre for c in detect_cells(image, cfg)]
+        total = total + match_centres(found, centres, MATCH_RADIUS)
+    assert total.recall >= 0.95, total
+    assert total.precision >= 0.95, total
+
+
+def test_each_real_cnmc_image_has_one_cell(cnmc_cells: List[Path]) -> None:
+    counts = {}
+    for path in cnmc_cells:
+        cells = detect_cells(cv2.imread(str(path)), CNMC_CFG)
+        counts[path.name] = len(cells)
+        for c in cells:  # the cell is on the image, roughly where a 450x450 crop centres it
+            x, y, w, h = c.box
+            assert 0 <= x and 0 <= y and x + w <= 450 and y + h <= 450
+    wrong = {n: k for n, k in counts.items() if k != CNMC_TWO_BODIES.get(n, 1)}
+    assert not wrong, f"images with an unexpected cell count: {wrong}"
+    assert sum(1 for k in counts.values() if k == 1) == 70
+
+
+@pytest.mark.parametrize("kind", ["black", "grey", "background", "noise", "white"])
+def test_empty_fields_have_no_cells(kind: str, analysis_cfg: AnalysisConfig) -> None:
+    rng = np.random.default_rng(1)
+    image = {
+        "black": np.zeros((480, 640, 3), np.uint8),
+        "grey": np.full((480, 640, 3), 128, np.uint8),
+        "background": np.full((480, 640, 3), (200, 196, 205), np.uint8),
+        "noise": rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
+        "white": np.full((480, 640, 3), 255, np.uint8),
+    }[kind]
+    assert detect_cells(image, analysis_cfg) == []
+
+
+def test_size_filters_follow_the_config() -> None:
+    image, centres = make_field(5, leukocytes=6, pairs=0)
+    assert len(detect_cells(image, AnalysisConfig(min_cell_diameter_px=60))) == len(centres)
+    # nuclei are 88-160 px across: a minimum above that, or a maximum below it, finds none
+    assert detect_cells(image, AnalysisConfig(min_cell_diameter_px=300,
+                                              max_cell_diameter_px=400)) == []
+    assert detect_cells(image, AnalysisConfig(min_cell_diameter_px=20,
+                                              max_cell_diameter_px=60)) == []
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8),
+    np.zeros((10, 10, 3), np.float32), np.zeros((0, 0, 3), np.uint8), "not an image",
+])
+def test_bad_input_is_a_clear_error(bad: Any, analysis_cfg: AnalysisConfig) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        detect_cells(bad, analysis_cfg)
+
+
+def test_square_crop_centres_and_pads() -> None:
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, :, 2] = np.arange(200, dtype=np.uint8)[None, :]  # red = x
+    crop = square_crop(image, (90, 40, 20, 10), margin=0.25)
+    assert crop.shape == (30, 30, 3)
+    assert crop[0, 0, 2] == 85 and crop[0, -1, 2] == 114  # centred on x = 100
+    edge = square_crop(image, (0, 0, 20, 20), margin=0.5)  # 40 px, half outside
+    assert edge.shape == (40, 40, 3)
+    assert edge[0, 0, 2] == 0  # replicated border, not black-filled garbage
+    with pytest.raises(ValueError):
+        square_crop(image, (500, 500, 10, 10), 0.25)
+
+
+def test_xyc_and_matching(tmp_path: Path) -> None:
+    xyc = tmp_path / "Im001_1.xyc"
+    xyc.write_text("100 200\n\n300\t400\n", encoding="ascii")
+    assert read_xyc(xyc) == [(100.0, 200.0), (300.0, 400.0)]
+    m = match_centres([(105, 198), (110, 205), (900, 900)], read_xyc(xyc), radius=20)
+    assert (m.true_positives, m.detections, m.annotated) == (1, 3, 2)  # one-to-one
+    assert m.precision == pytest.approx(1 / 3) and m.recall == 0.5
+    xyc.write_text("12\n", encoding="ascii")
+    with pytest.raises(ValueError, match="expected 'x y'"):
+        read_xyc(xyc)

@@ -1,0 +1,83 @@
+"""The command line: check-config errors (exit 2, no traceback), classify (JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+from tests.conftest import REPO_ROOT
+from tests.edge.conftest import Env, cnmc_files, png_header_only
+
+
+def edge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_check_config_ok(env: Env) -> None:
+    p = edge("check-config", "--config", str(env.write()))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("config OK: model ")
+
+
+def test_check_config_reports_every_problem(env: Env, tmp_path: Path) -> None:
+    p = edge("check-config", "--config", str(env.write()), "--set", "server.port=99999",
+             "--set", "model.devices=[]", "--set", "storage.colour=1",
+             "--set", "sources.folder.settle_seconds=\"soon\"")
+    assert p.returncode == 2
+    lines: List[str] = p.stderr.strip().splitlines()
+    assert all(ln.startswith("config error: ") for ln in lines), p.stderr
+    text = p.stderr
+    assert "server.port: Input should be less than or equal to 65535 (got 99999)" in text
+    assert "model.devices:" in text and "storage.colour: unknown key" in text
+    assert "sources.folder.settle_seconds:" in text
+    assert "Traceback" not in text
+
+
+def test_check_config_missing_model_and_bad_json(tmp_path: Path) -> None:
+    p = edge("check-config", "--set", f"model.xml={tmp_path}/none.xml")
+    assert p.returncode == 2 and "model.xml: file not found" in p.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"model\": ")
+    p = edge("check-config", "--config", str(bad))
+    assert p.returncode == 2 and "not valid JSON at line 1" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = edge("run", "--config", str(tmp_path / "missing.json"))
+    assert p.returncode == 2 and "cannot read config file" in p.stderr
+
+
+def test_check_config_invalid_model_json(tmp_path: Path, model_copy: Path) -> None:
+    model_copy.with_suffix(".json").write_text("{\"name\": 1}")
+    p = edge("check-config", "--set", f"model.xml={model_copy}")
+    assert p.returncode == 2 and "invalid" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_classify_prints_one_json_per_line(env: Env, tmp_path: Path) -> None:
+    files = [str(f) for f in cnmc_files()[:3]]
+    p = edge("classify", "--config", str(env.write()), *files)
+    assert p.returncode == 0, p.stderr
+    results = [json.loads(ln) for ln in p.stdout.splitlines()]
+    assert [r["name"] for r in results] == files
+    assert all(r["status"] == "ok" and r["source"] == "cli" for r in results)
+    assert all(r["positive"] == (r["probability"] >= r["threshold"]) for r in results)
+    assert not (env.data / "journal.sqlite3").exists(), "classify must not journal"
+
+
+def test_classify_exit_code_when_any_fails(env: Env, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(30000, 30000))
+    p = edge("classify", "--config", str(env.write()), str(cnmc_files()[0]), str(bomb),
+             str(tmp_path / "missing.jpg"))
+    assert p.returncode == 1
+    results = [json.loads(ln) for ln in p.stdout.splitlines()]
+    assert [r["status"] for r in results] == ["ok", "quarantined", "quarantined"]
+    assert results[1]["reason"] == "too_many_pixels" and results[2]["reason"] == "not_found"
+    assert "Traceback" not in p.stderr
+
+
+def test_help_exits_zero() -> None:
+    p = edge("--help")
+    assert p.returncode == 0 and "classify" in p.stdout

@@ -1,0 +1,207 @@
+"""Folder source end to end in-process: the real C-NMC sample and every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+from edge.daemon import Daemon
+from edge.sources.folder import open_for_writing
+from tests.conftest import CNMC_SAMPLE
+from tests.edge.conftest import Env, cnmc_files, png_header_only, wait_until
+
+
+@pytest.fixture
+def running(env: Env) -> Iterator[Daemon]:
+    d = Daemon(env.config())
+    d.start()
+    yield d
+    d.shutdown()
+
+
+def by_name(env: Env) -> Dict[str, dict]:
+    out: Dict[str, dict] = {}
+    for r in env.rows():
+        assert r["name"] not in out, f"{r['name']} has two outcomes"
+        out[r["name"]] = r
+    return out
+
+
+def test_cnmc_sample_end_to_end(env: Env) -> None:
+    """71 real C-NMC 2019 cells (Gupta & Gupta 2019, TCIA, CC BY 3.0): half waiting at start,
+    half dropped while running; every one classified once, archived, thumbnailed."""
+    files = cnmc_files()
+    index = {line.split("\t")[0].split("/")[-1]: line.split("\t")[4]
+             for line in (CNMC_SAMPLE / "INDEX.tsv").read_text().splitlines()[1:]}
+    for f in files[:35]:
+        (env.inbox / f.name).write_bytes(f.read_bytes())
+    d = Daemon(env.config())
+    d.start()
+    try:
+        for f in files[35:]:
+            env.drop(f.name, f.read_bytes())
+        wait_until(lambda: len(env.rows()) == 71, 60, what="71 journal rows")
+        wait_until(lambda: not list(d.store.processing.iterdir()), 10, what="processing/ empty")
+        rows = by_name(env)
+        assert set(rows) == {f.name for f in files}
+        meta = d.classifier.meta
+        for f in files:
+            r = rows[f.name]
+            res = json.loads(r["json"])
+            assert r["status"] == "ok" and r["source"] == "folder"
+            assert r["sha256"] == index[f.name]
+            assert res["label"] in meta.labels
+            assert res["positive"] == (res["probability"] >= res["threshold"])
+            assert res["positive"] == (res["label"] == meta.positive_label)
+            assert res["model"] == {"name": meta.name, "version": meta.version,
+                                    "synthetic": meta.synthetic}
+            assert res["device"] == "CPU" and res["latency_ms"] > 0
+            archived = env.data / r["image"]
+            assert archived.parent.parent.name == "archive"
+            assert archived.parent.name == res["time"][:10]
+            assert hashlib.sha256(archived.read_bytes()).hexdigest() == index[f.name]
+            assert (env.data / r["thumb"]).stat().st_size > 0
+        assert list(env.inbox.iterdir()) == []
+        c = d.journal.counters()
+        assert c["processed"] == 71 and c["positive"] + c["negative"] == 71
+        assert c["quarantined"] == 0
+        assert d.counters()["processed"] == 71 and d.counters()["queue_depth"] == 0
+    finally:
+        d.shutdown()
+
+
+def test_bad_inputs_are_quarantined_and_daemon_keeps_running(env: Env, running: Daemon,
+                                                             tmp_path: Path) -> None:
+    good = cnmc_files()[0].read_bytes()
+    outside = tmp_path / "outside-secret.png"
+    outside.write_bytes(good)
+    jpeg = (CNMC_SAMPLE / "..").resolve()  # noqa: F841 - documents where the sample lives
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".jpg", np.full((300, 400, 3), 128, np.uint8))
+    assert ok
+    cases = {
+        "empty.jpg": (b"", "empty"),
+        "truncated.jpg": (buf.tobytes()[: len(buf) // 2], "truncated"),
+        "text.png": (b"this is not a picture\n" * 20, "not_an_image"),
+        "bomb.png": (png_header_only(30000, 30000), "too_many_pixels"),
+        "notes.txt": (good, "unsupported_extension"),
+        "noext": (good, "unsupported_extension"),
+        "image.gif": (b"GIF89a" + b"\x00" * 40, "unsupported_extension"),
+    }
+    for name, (data, _) in cases.items():
+        env.drop(name, data)
+    (env.inbox / "a directory").mkdir()
+    (env.inbox / "a directory" / "inside.png").write_bytes(good)
+    os.symlink(outside, env.inbox / "link-out.png")
+    os.symlink("/etc/passwd", env.inbox / "passwd.jpg")
+    env.drop("blast cell é ü 日本.bmp", good)
+    env.drop("  spaced  name .bmp", good)
+    expect_q = {**{k: v[1] for k, v in cases.items()}, "a directory": "not_a_file",
+                "link-out.png": "symlink", "passwd.jpg": "symlink"}
+    total = len(expect_q) + 2
+    wait_until(lambda: len(env.rows()) == total, 30, what=f"{total} outcomes")
+    rows = by_name(env)
+    for name, reason in expect_q.items():
+        r = rows[name]
+        assert (r["status"], r["reason"]) == ("quarantined", reason), name
+        q = env.data / "quarantine" / f"{r['id']}__{name}"
+        assert q.exists() or q.is_symlink(), f"{name} not in quarantine"
+        why = json.loads(q.with_name(q.name + ".reason.json").read_text())
+        assert why["reason"] == reason and why["id"] == r["id"] and why["detail"]
+    for name in ("blast cell é ü 日本.bmp", "  spaced  name .bmp"):
+        assert rows[name]["status"] == "ok"
+        assert (env.data / rows[name]["image"]).read_bytes() == good
+    # the symlink target outside the inbox is untouched and was never read
+    assert outside.read_bytes() == good
+    assert (env.data / "quarantine" / f"{rows['link-out.png']['id']}__link-out.png").is_symlink()
+    assert rows["link-out.png"]["sha256"] is None
+    assert list(env.inbox.iterdir()) == []
+    # still alive and classifying
+    env.drop("after.bmp", good)
+    wait_until(lambda: "after.bmp" in by_name(env), 15, what="a good file after the bad ones")
+    assert running.journal.counters()["quarantined"] == len(expect_q)
+    assert all(h.state != "fail" for h in running.health()), running.health()
+
+
+def test_non_utf8_name(env: Env, running: Daemon) -> None:
+    good = cnmc_files()[1].read_bytes()
+    raw = os.fsencode(str(env.inbox)) + b"/caf\xe9-latin1.bmp"
+    with open(raw, "wb") as f:
+        f.write(good)
+    wait_until(lambda: len(env.rows()) == 1, 15, what="the latin-1 named file")
+    r = env.rows()[0]
+    assert r["status"] == "ok" and r["name"] == "caf\ufffd-latin1.bmp"
+    assert (env.data / r["image"]).read_bytes() == good
+
+
+def test_waits_until_completely_written(env: Env, running: Daemon) -> None:
+    data = cnmc_files()[2].read_bytes()
+    path = env.inbox / "slow.bmp"
+    with open(path, "wb") as f:
+        f.write(data[:1000])
+        f.flush()
+        assert open_for_writing(str(path)) is True
+        time.sleep(1.0)  # well past settle_seconds (0.2): the open writer keeps it unclaimed
+        assert path.exists() and env.rows() == []
+        f.write(data[1000:])
+    assert open_for_writing(str(path)) is False
+    wait_until(lambda: len(env.rows()) == 1, 15, what="the slow file")
+    r = env.rows()[0]
+    assert r["status"] == "ok"
+    assert r["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_growing_file_without_lease_check_waits_for_stable_size(env: Env, running: Daemon,
+                                                                monkeypatch) -> None:
+    """Where the open-for-writing test is unavailable, size/mtime stability alone decides."""
+    monkeypatch.setattr("edge.sources.folder.open_for_writing", lambda p: None)
+    data = cnmc_files()[3].read_bytes()
+    path = env.inbox / "growing.bmp"
+    with open(path, "wb") as f:
+        for i in range(0, len(data), len(data) // 10 + 1):
+            f.write(data[i:i + len(data) // 10 + 1])
+            f.flush()
+            time.sleep(0.08)  # faster than settle_seconds
+            assert env.rows() == []
+    wait_until(lambda: len(env.rows()) == 1, 15, what="the grown file")
+    assert env.rows()[0]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_temporary_and_hidden_names_are_left_alone(env: Env, running: Daemon) -> None:
+    good = cnmc_files()[4].read_bytes()
+    for name in (".hidden.bmp", "download.bmp.part", "x.crdownload", "edit.bmp~"):
+        (env.inbox / name).write_bytes(good)
+    env.drop("real.bmp", good)
+    wait_until(lambda: len(env.rows()) == 1, 15, what="real.bmp")
+    time.sleep(0.6)
+    assert [r["name"] for r in env.rows()] == ["real.bmp"]
+    assert len(list(env.inbox.iterdir())) == 4
+
+
+def test_polling_fallback(env: Env) -> None:
+    d = Daemon(env.config("sources.folder.use_inotify=false"))
+    d.start()
+    try:
+        assert d.component("folder").mode == "polling"
+        env.drop("polled.bmp", cnmc_files()[5].read_bytes())
+        wait_until(lambda: len(env.rows()) == 1, 15, what="polled file")
+    finally:
+        d.shutdown()
+
+
+def test_folder_health_and_status(env: Env, running: Daemon) -> None:
+    names = [h.name for h in running.health()]
+    for n in ("model", "device", "pipeline", "folder source", "disk", "cpu temperature"):
+        assert n in names
+    st = running.status()
+    assert st["components"]["folder"]["mode"] == "inotify"
+    assert st["counters"]["queue_depth"] == 0 and st["ready"] is True
+    json.dumps(st)  # JSON-able

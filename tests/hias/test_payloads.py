@@ -1,0 +1,141 @@
+"""Topics, payloads, commands, Life figures and the outbox's rate limit (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from edge.config import HiasConfig
+from edge.hias import commands, payloads, topics
+from edge.hias.life import SystemStats, temperature
+from edge.hias.outbox import Outbox, TokenBucket
+from edge.journal import Journal
+from tests.hias.edge_setup import make_result
+from tests.hias.listener import hias_parse
+
+
+def test_topics_parse_the_way_hias_does() -> None:
+    cfg = HiasConfig(location="Lab1", zone="Haematology", entity="pi-7")
+    t = topics.topic(cfg, topics.CLASSIFICATION)
+    assert t == "Lab1/Agents/Haematology/pi-7/Classification"
+    seen = hias_parse(t, payloads.encode(payloads.classification(make_result(), "ALL CNN")))
+    assert (seen.entity_type, seen.entity, seen.channel) == ("Agent", "pi-7", "Classification")
+    old = HiasConfig(entity_type="Devices", entity="d1")
+    assert hias_parse(topics.topic(old, topics.STATUS), b"ONLINE").entity_type == "Device"
+    with pytest.raises(ValueError, match="not a HIAS channel"):
+        topics.topic(cfg, "States")   # the 2021 classifier's typo: HIAS drops it silently
+
+
+def test_classification_has_hias_keys_and_our_fields() -> None:
+    r = make_result(3, positive=True)
+    r["cells"] = {"found": 12, "blasts": 3, "blast_fraction": 0.25,
+                  "items": [{"box": [1, 2, 3, 4], "label": "ALL", "probability": 0.9}]}
+    body = json.loads(payloads.encode(payloads.classification(r, "ALL CNN")))
+    assert body["Model"] == "ALL CNN" and body["State"] == "Positive"
+    assert body["Value"] == "ALL" and body["Message"] == payloads.POSITIVE_MESSAGE
+    for key in ("id", "label", "probability", "threshold", "source", "sha256", "device", "time"):
+        assert body[key] == r[key], key
+    assert body["model_version"] == "synthetic-test" and body["model_synthetic"] is True
+    assert body["cells"] == {"found": 12, "blasts": 3, "blast_fraction": 0.25}
+    neg = payloads.classification(make_result(4, positive=False), "m")
+    assert (neg["State"], neg["Value"], neg["Message"]) == \
+        ("Negative", "normal", payloads.NEGATIVE_MESSAGE)
+    q = payloads.classification({"id": "X", "status": "quarantined", "reason": "not an image"}, "m")
+    assert q["State"] == "Error" and "not an image" in q["Message"]
+
+
+def test_encode_never_emits_nan() -> None:
+    body = payloads.encode({"probability": float("nan"), "x": [float("inf")]})
+    assert json.loads(body) == {"probability": None, "x": [None]}
+
+
+@pytest.mark.parametrize("bad", [None, "", "n/a", float("nan"), float("inf")])
+def test_life_values_are_always_numbers(bad) -> None:
+    body = payloads.life({"CPU": bad, "Memory": 41.234, "Temperature": bad}, 51.5, -0.12)
+    assert set(body) == set(payloads.LIFE_KEYS)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in body.values())
+    assert body["Memory"] == 41.23 and body["Latitude"] == 51.5 and body["CPU"] == 0.0
+
+
+def test_system_stats_are_real_figures(tmp_path: Path) -> None:
+    zone = tmp_path / "thermal_zone0"
+    zone.mkdir()
+    (zone / "type").write_text("cpu_thermal\n")
+    (zone / "temp").write_text("48123\n")
+    assert temperature(tmp_path) == (48.123, "sysfs:cpu_thermal")
+    stats = SystemStats(tmp_path, thermal_root=tmp_path).read()
+    assert 0 < stats["Memory"] <= 100 and 0 < stats["Diskspace"] <= 100
+    assert 0 <= stats["CPU"] <= 100 and stats["Temperature"] == 48.123
+    empty = tmp_path / "none"
+    empty.mkdir()
+    celsius, source = temperature(empty)
+    assert isinstance(celsius, float) and source   # psutil's reading or 0.0 'unavailable'
+
+
+@pytest.mark.parametrize("payload, name, rid", [
+    (b'{"Command": "capture", "Id": "c1"}', "capture", "c1"),
+    (b'{"command": "Reload-Model"}', "reload", None),
+    (b'{"Type": "Command", "Value": "status"}', "status", None),
+])
+def test_commands_parse(payload: bytes, name: str, rid) -> None:
+    assert commands.parse(payload) == commands.Command(name, rid)
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    (b"capture", "not valid UTF-8 JSON"),
+    (b"\xff\xfe", "not valid UTF-8 JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b'{"Id": "x"}', "no command name"),
+    (b'{"Command": 7}', "no command name"),
+    (b'{"Command": "self-destruct"}', "unknown command 'self-destruct'"),
+    (b"{" + b" " * 20000 + b"}", "too large"),
+])
+def test_commands_refused_with_a_reason(payload: bytes, fragment: str) -> None:
+    with pytest.raises(commands.CommandError, match=fragment):
+        commands.parse(payload)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_token_bucket_rate() -> None:
+    clock = Clock()
+    b = TokenBucket(10, clock)
+    assert b.available() == 10
+    b.take(10)
+    assert b.available() == 0
+    clock.t += 0.35
+    assert b.available() == 3
+    clock.t += 100
+    assert b.available() == 10   # at most one second saved up
+
+
+def test_outbox_new_results_first_backlog_at_rate(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    clock = Clock()
+    box = Outbox(journal, resend_rate=5, clock=clock)
+    old = [make_result(i) for i in range(12)]
+    for r in old:
+        journal.record(r)
+        box.offer(r)                  # offline: stays in the outbox as backlog
+    box.set_connected(True)
+    first = box.take()
+    assert [r["id"] for r in first] == [r["id"] for r in old[:5]]   # oldest first, 5 tokens
+    for mid, r in enumerate(first):
+        box.published(mid, r["id"])
+    new = make_result(99)
+    journal.record(new)
+    box.offer(new)
+    clock.t += 0.41                   # 2 tokens
+    second = box.take()
+    assert [r["id"] for r in second] == [new["id"]] + [r["id"] for r in old[5:7]]
+    assert box.acked(0) == old[0]["id"] and box.acked(0) is None
+    journal.close()

@@ -1,0 +1,93 @@
+"""Safe decoding: every kind of bad input is an ImageError with a stable reason, never a crash."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from edge import imaging
+from edge.imaging import ImageError
+
+
+def _encode(ext: str, img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(ext, img)
+    assert ok
+    return buf.tobytes()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height: the header is all a bomb needs."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture()
+def field() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (1944, 2592, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".tif"])
+def test_supported_formats_decode_to_bgr(ext: str) -> None:
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :, 2] = 200  # red in BGR
+    out = imaging.decode(_encode(ext, img))
+    assert out.shape == (40, 60, 3) and out.dtype == np.uint8
+    assert out[20, 30, 2] > 150 and out[20, 30, 0] < 50
+
+
+def test_grayscale_becomes_three_channels() -> None:
+    out = imaging.decode(_encode(".png", np.full((10, 12), 77, np.uint8)))
+    assert out.shape == (10, 12, 3)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"hello, I am a text file renamed to .png\n", "not_an_image"),
+        (b"GIF89a" + b"\x01\x00\x01\x00\x80\x00\x00" + b"\x00" * 20, "not_an_image"),
+    ],
+)
+def test_garbage_is_rejected_with_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageError) as exc:
+        imaging.decode(data)
+    assert exc.value.reason in (reason, "unsupported_format")
+
+
+def test_truncated_jpeg_is_rejected(field: np.ndarray) -> None:
+    data = _encode(".jpg", field)
+    with pytest.raises(ImageError) as exc:
+        imaging.decode(data[: len(data) // 2])
+    assert exc.value.reason == "truncated"
+
+
+def test_pixel_bomb_rejected_from_header_alone() -> None:
+    with pytest.raises(ImageError) as exc:
+        imaging.decode(_png_header_only(30000, 30000))
+    assert exc.value.reason == "too_many_pixels"
+    assert "30000x30000" in exc.value.message
+
+
+def test_large_jpeg_decodes_reduced_when_target_allows(field: np.ndarray) -> None:
+    data = _encode(".jpg", field)
+    assert imaging.decode(data).shape[:2] == (1944, 2592)
+    reduced = imaging.decode(data, target=(100, 100))
+    assert reduced.shape[:2] == (243, 324)  # 1/8, still larger than the model input
+    assert imaging.decode(data, target=(1000, 1000)).shape[:2] == (1944, 2592)
+
+
+def test_read_directory_and_missing(tmp_path) -> None:
+    with pytest.raises(ImageError) as exc:
+        imaging.read(tmp_path)
+    assert exc.value.reason == "not_a_file"
+    with pytest.raises(ImageError) as exc:
+        imaging.read(tmp_path / "nope.jpg")
+    assert exc.value.reason == "unreadable"

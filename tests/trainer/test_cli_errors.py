@@ -1,0 +1,119 @@
+"""Every bad input the issue lists: the CLI exits != 0 with one message that says what to fix, no traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from tests.trainer.conftest import run_cli
+
+
+def _fails_cleanly(args: List[str], *needles: str) -> str:
+    proc = run_cli(args, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+def _copy(src: Path, dst: Path, pattern: str, n: int) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.glob(pattern))[:n]:
+        shutil.copy(p, dst / p.name)
+
+
+def test_missing_dir(tmp_path) -> None:
+    _fails_cleanly(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")], "does not exist")
+
+
+def test_empty_dir(tmp_path) -> None:
+    (tmp_path / "data").mkdir()
+    _fails_cleanly(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                   "holds no images", "point --data")
+    assert not (tmp_path / "run").exists(), "nothing is written for a rejected set"
+
+
+def test_unreadable_file(tmp_path, idb2_set) -> None:
+    _copy(idb2_set, tmp_path / "data", "*.tif", 10)
+    (tmp_path / "data" / "Im500_0.tif").write_bytes(b"II*\x00 truncated tiff")
+    _fails_cleanly(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                   "cannot be decoded", "Im500_0.tif", "Replace or remove")
+
+
+def test_unknown_naming(tmp_path, idb2_set) -> None:
+    (tmp_path / "data").mkdir()
+    for i, p in enumerate(sorted(idb2_set.glob("*.tif"))[:6]):
+        shutil.copy(p, tmp_path / "data" / f"photo_{i}.tif")
+    _fails_cleanly(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                   "cannot tell the layout", "--format")
+
+
+def test_wrong_format_for_the_names(tmp_path, idb2_set) -> None:
+    _fails_cleanly(["train", "--data", str(idb2_set), "--format", "cnmc", "--out", str(tmp_path / "run")],
+                   "do not follow the cnmc naming", "rename or remove")
+
+
+def test_one_class_only(tmp_path, idb2_set) -> None:
+    _copy(idb2_set, tmp_path / "data", "*_0.tif", 8)
+    _fails_cleanly(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                   "one class only", "add images of class ALL")
+
+
+def test_too_few_images_to_split(tmp_path, idb2_set) -> None:
+    _copy(idb2_set, tmp_path / "data", "*_0.tif", 2)
+    _copy(idb2_set, tmp_path / "data", "*_1.tif", 6)
+    _fails_cleanly(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")],
+                   "class normal has only 2", "Add data")
+
+
+def test_bad_test_list(tmp_path, idb2_set) -> None:
+    (tmp_path / "test.txt").write_text("Im777_1.tif\n")
+    _fails_cleanly(["train", "--data", str(idb2_set), "--test-list", str(tmp_path / "test.txt"),
+                    "--out", str(tmp_path / "run")], "--test-list names files not in the data set")
+
+
+def test_bad_numbers(tmp_path, idb2_set) -> None:
+    _fails_cleanly(["train", "--data", str(idb2_set), "--epochs", "0", "--out", str(tmp_path / "run")],
+                   "--epochs")
+
+
+def test_out_already_trained(tmp_path, idb2_set) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_bytes(b"x")
+    _fails_cleanly(["train", "--data", str(idb2_set), "--out", str(tmp_path / "run")], "choose a new --out")
+
+
+def test_evaluate_not_a_run(tmp_path) -> None:
+    _fails_cleanly(["evaluate", "--run", str(tmp_path)], "config.json is missing", "made by `train`")
+
+
+def test_export_before_evaluate(tmp_path, idb2_set) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(idb2_set), "seed": 1, "arch": "paper"}))
+    (run / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": []}))
+    (run / "data.json").write_text("{not json")
+    _fails_cleanly(["export", "--run", str(run), "--out", str(tmp_path / "m")], "data.json is not valid JSON")
+    (run / "data.json").write_text(json.dumps({"files": []}))
+    _fails_cleanly(["export", "--run", str(run), "--out", str(tmp_path / "m")],
+                   "metrics.json is missing", "python -m trainer evaluate")
+
+
+@pytest.mark.parametrize("args", [["synth", "--out", "x", "--layout", "all-idb2", "--n", "1"]])
+def test_synth_bad_n(tmp_path, args) -> None:
+    args = [a if a != "x" else str(tmp_path / "s") for a in args]
+    _fails_cleanly(args, "--n must be at least 2")
+
+
+def test_help_lists_every_command() -> None:
+    proc = run_cli(["--help"], timeout=60)
+    assert proc.returncode == 0
+    for cmd in ("synth", "train", "evaluate", "export", "demo-model"):
+        assert cmd in proc.stdout

@@ -1,0 +1,206 @@
+"""The HTTP API and status page against the REAL daemon: edge.daemon.Daemon with the real default
+model (models/default, real OpenVINO on CPU), a temp data_dir and inbox, real folder source.
+
+The C-NMC cells used here: Gupta & Gupta 2019, TCIA, doi 10.7937/tcia.2019.dc64i46r, CC BY 3.0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from edge.config import load_config
+from tests.web.conftest import Running, basic, bearer, free_port, multipart
+from tests.web.test_api import assert_json_error, parse_metrics
+from tests.web.test_page import chromium_args, run_chromium
+
+INFERENCE_KEYS = {"Response", "Message", "Diagnosis"}
+
+
+@pytest.fixture(scope="session")
+def real_model(default_model_xml: Path) -> Path:
+    """The trainer's real default model (models/default), never a stand-in."""
+    return default_model_xml
+
+
+def _start_daemon(tmp_path: Path, model: Path, **server) -> Running:
+    from edge.daemon import Daemon  # the real one
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    sets = [f"model.xml={model}", 'model.devices=["CPU"]', f"storage.data_dir={tmp_path / 'data'}",
+            f"sources.folder.path={inbox}", "sources.folder.settle_seconds=0.2",
+            "sources.folder.poll_interval=0.2", "server.host=127.0.0.1",
+            f"server.port={free_port()}", "server.threads=2", "storage.min_free_mb=0"]
+    sets += [f"server.auth.{k}={v}" for k, v in server.get("auth", {}).items()]
+    daemon = Daemon(load_config(None, sets))
+    daemon.start()
+    http = daemon.component("http")
+    assert http is not None, "the daemon did not build the HTTP component"
+    return Running(daemon, http)
+
+
+@pytest.fixture()
+def real(tmp_path: Path, real_model: Path) -> Iterator[Running]:
+    run = _start_daemon(tmp_path, real_model)
+    yield run
+    run.daemon.shutdown(timeout=10)
+
+
+def test_classify_inference_and_journal(real, cnmc_sample):
+    cell = cnmc_sample / "fold_0" / "hem" / sorted(p.name for p in
+                                                     (cnmc_sample / "fold_0" / "hem").iterdir())[0]
+    data = cell.read_bytes()
+    body, headers = multipart("file", cell.name, data, "image/bmp")
+    r = real.post("/api/v1/classify", body, headers=headers)
+    assert r.status == 200, r.body
+    res = r.json()
+    assert res["status"] == "ok" and res["source"] == "api" and res["device"] == "CPU"
+    assert res["name"] == cell.name and 0.0 <= res["probability"] <= 1.0
+    assert res["positive"] == (res["probability"] >= res["threshold"])
+    assert real.get(f"/api/v1/results/{res['id']}").json()["sha256"] == res["sha256"]
+    img = real.get(f"/api/v1/results/{res['id']}/image")
+    assert img.status == 200 and img.body == data
+    thumb = real.get(f"/api/v1/results/{res['id']}/thumb")
+    assert thumb.status == 200 and thumb.body[:2] == b"\xff\xd8"
+
+    inf = real.post("/Inference", body, headers=headers)
+    assert inf.status == 200 and set(inf.json()) == INFERENCE_KEYS
+    row = real.daemon.journal.recent(1)[0]
+    assert row["source"] == "inference" and row["sha256"] == res["sha256"]
+    assert inf.json()["Diagnosis"] == ("Positive" if row["positive"] else "Negative")
+    assert inf.json()["Diagnosis"] == ("Positive" if res["positive"] else "Negative")
+
+
+def test_bad_uploads_are_4xx_journaled_and_daemon_stays_up(real, jpeg_bytes, huge_png):
+    cases = [(b"", 400, "empty"), (jpeg_bytes[: len(jpeg_bytes) // 2], 400, "truncated"),
+             (b"plain text, not a PNG\n" * 10, 415, "not_an_image"),
+             (huge_png, 413, "too_many_pixels")]
+    for data, status, code in cases:
+        body, headers = multipart("file", "bad ü.png", data, "image/png")
+        e = assert_json_error(real.post("/api/v1/classify", body, headers=headers), status, code)
+        row = real.daemon.journal.get(e["id"])
+        assert row["status"] == "quarantined" and row["reason"] == code
+    assert real.get("/healthz").status == 200
+    assert real.daemon.journal.count() == len(cases)
+
+
+def test_concurrent_uploads_each_get_one_outcome(real, cnmc_sample):
+    cells = sorted(cnmc_sample.glob("fold_*/*/*.bmp"))[:24]
+    replies = {}
+
+    def send(i: int) -> None:
+        body, headers = multipart("file", cells[i].name, cells[i].read_bytes(), "image/bmp")
+        replies[i] = real.post("/api/v1/classify", body, headers=headers)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(cells))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(replies) == list(range(len(cells)))
+    assert all(r.status == 200 for r in replies.values()), [r.body[:300] for r in replies.values() if r.status != 200]
+    ids = {r.json()["id"] for r in replies.values()}
+    assert len(ids) == len(cells) == real.daemon.journal.count()
+    assert {r.json()["name"] for r in replies.values()} == {c.name for c in cells}
+
+
+def test_status_health_metrics_reload(real, jpeg_bytes):
+    real.post("/api/v1/classify", jpeg_bytes)
+    st = real.get("/api/v1/status").json()
+    assert st["ready"] is True and st["components"]["http"]["url"] == real.base
+    h = real.get("/healthz")
+    assert h.status == 200, h.body
+    names = {c["name"] for c in h.json()["checks"]}
+    assert {"model", "device", "pipeline", "disk", "cpu temperature", "http"} <= names
+    m = parse_metrics(real.get("/metrics").body.decode())
+    assert m["all_edge_processed_total"] == 1 and m["all_edge_latency_ms_count"] == 1
+    assert m["all_edge_queue_depth"] == 0
+    assert m['all_edge_health{check="pipeline",state="ok"}'] == 1
+    r = real.post("/api/v1/reload")
+    assert r.status == 200 and "model reloaded" in r.json()["message"]
+    assert_json_error(real.post("/api/v1/capture"), 409, "no_camera")
+    assert_json_error(real.post("/api/v1/classify?analysis=bogus", jpeg_bytes), 400,
+                      "bad_request")
+    if "cells" not in real.daemon.analyzers:  # no analyzer registered: refused, not a 500
+        assert_json_error(real.post("/api/v1/classify?analysis=cells", jpeg_bytes), 400,
+                          "bad_request")
+
+
+def test_folder_input_appears_in_api_and_page(real, cnmc_sample):
+    src = next((cnmc_sample / "fold_1" / "all").glob("*.bmp"))
+    inbox = Path(real.daemon.config.sources.folder.path)
+    shutil.copy(src, inbox / "Probe 1 ü.bmp")
+    deadline = time.monotonic() + 20
+    rows = []
+    while time.monotonic() < deadline and not rows:
+        rows = real.get("/api/v1/results?limit=5").json()["results"]
+        time.sleep(0.1)
+    assert rows and rows[0]["source"] == "folder" and rows[0]["name"] == "Probe 1 ü.bmp"
+    img = real.get(f"/api/v1/results/{rows[0]['id']}/image")
+    assert img.status == 200 and img.body == src.read_bytes()
+    page = real.get("/").body.decode()
+    assert "Probe 1 ü.bmp" in page and "Research use only" in page
+
+
+def test_auth_with_the_real_daemon(tmp_path, real_model, secret_files, jpeg_bytes):
+    run = _start_daemon(tmp_path, real_model, auth=secret_files)
+    try:
+        r = run.post("/Inference", jpeg_bytes)
+        assert r.status == 401 and "www-authenticate" in r.headers
+        assert run.post("/Inference", jpeg_bytes, headers=basic()).status == 200
+        assert run.post("/api/v1/classify", jpeg_bytes, headers=bearer()).status == 200
+        assert run.daemon.journal.count() == 2
+    finally:
+        run.daemon.shutdown(timeout=10)
+
+
+def test_failed_reload_keeps_serving_the_old_model(tmp_path, real_model, jpeg_bytes):
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for suffix in (".xml", ".bin", ".json"):
+        shutil.copy2(real_model.with_suffix(suffix), copy / f"model{suffix}")
+    run = _start_daemon(tmp_path, copy / "model.xml")
+    try:
+        (copy / "model.json").write_text("{not json", encoding="utf-8")
+        e = assert_json_error(run.post("/api/v1/reload"), 422, "reload_failed")
+        assert "still serving" in e["message"]
+        assert run.post("/api/v1/classify", jpeg_bytes).json()["status"] == "ok"
+        model = {c["name"]: c for c in run.get("/healthz").json()["checks"]}["model"]
+        assert model["state"] == "warn" and "reload failed" in model["summary"]
+    finally:
+        run.daemon.shutdown(timeout=10)
+
+
+@pytest.mark.slow
+def test_real_status_page_in_headless_chromium(real, cnmc_sample, tmp_path):
+    cells = sorted((cnmc_sample / "fold_2" / "hem").glob("*.bmp"))[:2]
+    ids = []
+    for cell in cells:
+        body, headers = multipart("file", cell.name, cell.read_bytes(), "image/bmp")
+        ids.append(real.post("/api/v1/classify", body, headers=headers).json())
+    proc = run_chromium(chromium_args(tmp_path) + ["--dump-dom", real.base + "/"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert "Research use only" in dom
+    synthetic = real.daemon.classifier.meta.synthetic
+    assert ("SYNTHETIC MODEL" in dom) == synthetic
+    for check in ("model", "device", "pipeline", "disk", "cpu temperature", "http"):
+        assert f'data-check="{check}"' in dom, check
+    for res in ids:
+        assert res["name"] in dom and f"p={res['probability']:.3f}" in dom
+        assert re.search(rf'src="/api/v1/results/{res["id"]}/thumb"[^>]*data-loaded="1"', dom)
+    shot = tmp_path / "phone.png"
+    proc = run_chromium(chromium_args(tmp_path) + [f"--screenshot={shot}",
+                                                   "--window-size=390,844", real.base + "/"])
+    assert proc.returncode == 0 and shot.stat().st_size > 10_000
+    keep = os.environ.get("ALL_EDGE_KEEP_SCREENSHOT")
+    if keep:
+        Path(keep).with_name("real-" + Path(keep).name).write_bytes(shot.read_bytes())
