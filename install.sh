@@ -84,7 +84,9 @@ if [ -n "$ROOT" ]; then
   # The root is written into the unit and the config: keep it to characters safe there.
   [[ "$ROOT" =~ ^/[A-Za-z0-9._/-]*$ ]] || die "--prefix/DESTDIR must be an absolute path of letters, digits, . _ - / (got '$ROOT')"
   ROOT="${ROOT%/}"
-  if [ "$NO_SYSTEM" = 0 ]; then
+  # ALL_EDGE_FAKE_SYSTEM=1 is for tests only: they put recording fakes of apt-get, useradd,
+  # chown, systemctl, ... first on PATH to check the system steps inside a staging root.
+  if [ "$NO_SYSTEM" = 0 ] && [ "${ALL_EDGE_FAKE_SYSTEM:-0}" != 1 ]; then
     echo "install.sh: staging root $ROOT: implies --no-system"
     NO_SYSTEM=1
   fi
@@ -410,9 +412,7 @@ install_config() {
   else
     put_file "$TMP/confs.json.dist" "$ETC/confs.json" 0640
   fi
-  put_file "$TMP/confs.json.dist" "$ETC/confs.json.dist" 0640
   ensure_owner "$ETC/confs.json" "root:$SVC_USER"
-  ensure_owner "$ETC/confs.json.dist" "root:$SVC_USER"
   # Empty root-only placeholders: systemd loads them as credentials; empty means "not set".
   local c
   for c in "${CREDENTIALS[@]}"; do
@@ -421,6 +421,12 @@ install_config() {
     fi
     ensure_owner "$CRED/$c" root:root
   done
+}
+
+# The defaults of the live release, kept to show what a later upgrade changes in them.
+record_defaults() {
+  put_file "$TMP/confs.json.dist" "$ETC/confs.json.dist" 0640
+  ensure_owner "$ETC/confs.json.dist" "root:$SVC_USER"
 }
 
 validate() {  # RELEASE ID
@@ -536,6 +542,7 @@ do_install() {
   validate "$id"
   local previous="$cur"
   switch_current "$id"
+  record_defaults
   install_unit "$id"
   if [ "$ACTION" = upgrade ] && [ "$cur" != "$id" ]; then
     restart_with_rollback "$id" "$cur"

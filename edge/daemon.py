@@ -93,6 +93,7 @@ class Daemon:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._reload_requested = False
+        self._housekeeper: Optional[threading.Thread] = None
         self._load_analysis_plugins()
         self.components: List[Component] = self._build_components()
 
@@ -111,9 +112,13 @@ class Daemon:
             spec = None
         if spec is None:
             return
-        register = getattr(importlib.import_module("edge.analysis"), "register", None)
-        if callable(register):
-            register(self)
+        try:
+            register = getattr(importlib.import_module("edge.analysis"), "register", None)
+            if callable(register):
+                register(self)
+        except Exception as exc:  # a broken plugin must not take the folder source down
+            log.error("edge.analysis could not be loaded (%s: %s); 'cells' inputs will be "
+                      "quarantined as analysis_unavailable", type(exc).__name__, exc)
 
     def _build_components(self) -> List[Component]:
         cfg = self.config
@@ -156,7 +161,9 @@ class Daemon:
                 self._stop_component(c)
             self.pipeline.stop(timeout=10)
             raise
-        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping",
+                                             daemon=True)
+        self._housekeeper.start()
         self.ready = True
         self.notifier.notify(READY=1, STATUS=self.summary())
         log.info("ready: %s", self.summary())
@@ -210,6 +217,8 @@ class Daemon:
         self.pipeline.stop(timeout=timeout)
         for c in reversed(late):
             self._stop_component(c)
+        if self._housekeeper is not None:
+            self._housekeeper.join(10)  # a retention pass in progress uses the journal
         self.journal.close()
         log.info("stopped")
 
@@ -343,9 +352,10 @@ class Daemon:
         if not self.progressing():
             return HealthCheck("pipeline", "fail", f"{p.depth} queued, nothing finished for "
                                f"{detail['last_progress_s']:.0f} s", detail)
-        if p.last_error:
-            return HealthCheck("pipeline", "warn", f"last journal write failed: {p.last_error}",
-                               detail)
+        if p.failed:
+            return HealthCheck("pipeline", "warn", f"{p.failed} input(s) could not be journaled "
+                               f"(last: {p.last_error}); folder inputs are retried at the next "
+                               "start", detail)
         return HealthCheck("pipeline", "ok", f"{p.depth} queued, {p.completed} done since start",
                            detail)
 

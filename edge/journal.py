@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,24 @@ class Journal:
 
         `files` maps image/thumb/annotated to paths relative to data_dir (for the web API).
         """
-        files = files or {}
+        return self.record_many([(result, files)])[0]
+
+    def record_many(self, items: Sequence[Tuple[Dict[str, Any], Optional[Dict[str, Optional[str]]]]]
+                    ) -> List[bool]:
+        """Several results in one transaction (one fsync): the pipeline's group commit."""
+        inserted: List[bool] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for result, files in items:
+                    inserted.append(self._insert(result, files or {}))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return inserted
+
+    def _insert(self, result: Dict[str, Any], files: Dict[str, Optional[str]]) -> bool:
         status = result["status"]
         model = result.get("model") or {}
         row = (
@@ -133,37 +150,26 @@ class Journal:
             result.get("analysis"), files.get("image"), files.get("thumb"),
             files.get("annotated"), json.dumps(result, ensure_ascii=False),
         )
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO results (id, time, source, name, sha256, status, reason,"
-                    " label, probability, threshold, model_name, model_version, device,"
-                    " latency_ms, analysis, image, thumb, annotated, json)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    row,
-                )
-                if cur.rowcount == 0:
-                    self._db.execute("ROLLBACK")
-                    log.warning("result %s is already journaled; duplicate ignored", result["id"])
-                    return False
-                if status == "ok":
-                    kind = "positive" if result.get("positive") else "negative"
-                    bump = ("processed", kind)
-                    if self.outbox_enabled:
-                        self._db.execute(
-                            "INSERT INTO outbox (id, queued) VALUES (?, ?)",
-                            (result["id"], time.time()),
-                        )
-                else:
-                    bump = ("quarantined",)
-                self._db.executemany(
-                    "UPDATE counters SET value = value + 1 WHERE name = ?", [(b,) for b in bump]
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO results (id, time, source, name, sha256, status, reason,"
+            " label, probability, threshold, model_name, model_version, device,"
+            " latency_ms, analysis, image, thumb, annotated, json)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            row,
+        )
+        if cur.rowcount == 0:
+            log.warning("result %s is already journaled; duplicate ignored", result["id"])
+            return False
+        if status == "ok":
+            bump: Tuple[str, ...] = ("processed", "positive" if result.get("positive")
+                                     else "negative")
+            if self.outbox_enabled:
+                self._db.execute("INSERT INTO outbox (id, queued) VALUES (?, ?)",
+                                 (result["id"], time.time()))
+        else:
+            bump = ("quarantined",)
+        self._db.executemany("UPDATE counters SET value = value + 1 WHERE name = ?",
+                             [(b,) for b in bump])
         return True
 
     def set_files(self, id: str, **files: Optional[str]) -> None:

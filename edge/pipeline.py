@@ -20,7 +20,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 512 * 1024 * 1024  # larger files are quarantined without reading them
 THUMB_SIZE = 160
+GROUP_COMMIT = 32  # results per journal transaction at most
 
 # An analyzer turns a decoded image into the image-level outcome. See docs/architecture.md.
 Analyzer = Callable[[np.ndarray, Any], Dict[str, Any]]
@@ -308,44 +309,80 @@ class Pipeline:
         return r
 
     def _finish_loop(self) -> None:
+        """Group commit: whatever is waiting (up to GROUP_COMMIT) shares one transaction."""
         while True:
             job = self._done.get()
-            if job is None:
+            batch, last = [job], job is None
+            while not last and len(batch) < GROUP_COMMIT:
+                try:
+                    nxt = self._done.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(nxt)
+                last = nxt is None
+            jobs = [j for j in batch if j is not None]
+            if jobs:
+                try:
+                    self._finish(jobs)
+                except Exception as exc:
+                    self._failed(jobs, exc)
+            if last:
                 return
-            try:
-                self._finish(job)
-            except Exception as exc:
-                with self._lock:
-                    self.failed += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("could not journal %s (%s): %s; %s", job.id, job.name, self.last_error,
-                          "left in processing/ for the next start" if job.path
-                          else "the caller gets an error")
-                if job.future is not None and not job.future.done():
-                    job.future.set_exception(exc)
 
-    def _finish(self, job: Job) -> None:
+    def _failed(self, jobs: List[Job], exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self.failed += len(jobs)
+        for job in jobs:
+            log.error("could not journal %s (%s): %s; %s", job.id, job.name, self.last_error,
+                      "left in processing/ for the next start" if job.path
+                      else "the caller gets an error")
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(exc)
+
+    def _prepare(self, job: Job) -> Tuple[Optional[Path], Dict[str, Optional[str]]]:
+        """Thumbnail/annotated files (written before the commit) and the input's destination."""
         result = job.result
         assert result is not None
         result["pipeline_ms"] = round((time.time() - job.received) * 1000, 3)
         files: Dict[str, Optional[str]] = {}
         if result["status"] == "ok":
-            if job.thumb is not None:
-                tp = self.store.thumb_path(result)
-                self.store.write_file(tp, job.thumb)
-                files["thumb"] = self.store.rel(tp)
-            annotated = job.outcome.get("annotated")
-            if annotated is not None:
-                ok, buf = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, 85])
-                if ok:
-                    ap = self.store.annotated_path(result)
-                    self.store.write_file(ap, buf.tobytes())
-                    files["annotated"] = self.store.rel(ap)
+            try:  # previews are optional: never let them block the journal
+                if job.thumb is not None:
+                    tp = self.store.thumb_path(result)
+                    self.store.write_file(tp, job.thumb)
+                    files["thumb"] = self.store.rel(tp)
+                annotated = job.outcome.get("annotated")
+                if annotated is not None:
+                    ok, buf = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, 85])
+                    if ok:
+                        ap = self.store.annotated_path(result)
+                        self.store.write_file(ap, buf.tobytes())
+                        files["annotated"] = self.store.rel(ap)
+            except (OSError, cv2.error) as exc:
+                log.warning("%s: preview not written: %s", job.id, exc)
         target = self.store.target_for(result, job.stored)
         if target is not None and result["status"] == "ok":
             files["image"] = self.store.rel(target)
-        new = self.journal.record(result, files)
-        self.store.place(job.path, job.data if job.path is None else None, target, result)
+        return target, files
+
+    def _finish(self, jobs: List[Job]) -> None:
+        planned = [self._prepare(job) for job in jobs]
+        if any(job.path is not None for job in jobs):
+            self.store.sync_processing()
+        inserted = self.journal.record_many(
+            [(job.result, files) for job, (_, files) in zip(jobs, planned)])
+        for job, (target, _), new in zip(jobs, planned, inserted):
+            self._after_commit(job, target, new)
+
+    def _after_commit(self, job: Job, target: Optional[Path], new: bool) -> None:
+        result = job.result
+        assert result is not None
+        try:
+            self.store.place(job.path, job.data if job.path is None else None, target, result)
+        except OSError as exc:  # journaled already: the outcome stands, the file stays put
+            log.error("%s journaled but could not be moved to %s: %s", job.id, target,
+                      exc.strerror)
         job.data = job.thumb = None
         with self._lock:
             self.completed += 1

@@ -111,6 +111,14 @@ class Store:
             self._low_space_logged = False
         return True
 
+    def sync_processing(self) -> None:
+        """Make the claim renames durable before their results are (power loss safety)."""
+        fd = os.open(self.processing, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def rel(self, path: Optional[Path]) -> Optional[str]:
         return None if path is None else str(path.relative_to(self.root))
 

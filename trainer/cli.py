@@ -17,7 +17,7 @@ from trainer import TrainerError
 log = logging.getLogger("trainer")
 DEMO_SEED = 7
 DEMO_N = 360
-DEMO_EPOCHS = 25
+DEMO_EPOCHS = 40
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,6 +121,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         _dispatch(args)
     except TrainerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("tensorflow", "keras", "openvino", "nncf", "sklearn", "matplotlib"):
+            print(f"error: {exc.name} is not installed; the trainer needs: pip install -e '.[trainer]'",
+                  file=sys.stderr)
+            return 2
+        raise
+    except OSError as exc:  # e.g. --out on a read-only disk or under a file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

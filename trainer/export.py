@@ -129,8 +129,8 @@ def run(run_dir: Path, out: Path, precision: str = "fp16", name: Optional[str] =
                  par["n"], par["max_abs_diff"], par["label_agreement"], par["tolerance"])
         if not par["ok"]:
             raise TrainerError(f"the {precision} IR disagrees with Keras beyond tolerance (max |diff| "
-                               f"{par['max_abs_diff']:.3g} > {par['tolerance']}, label flips {par['flips_outside_tolerance']})"
-                               "; try --precision fp32")
+                               f"{par['max_abs_diff']:.3g} > {par['tolerance']}, "
+                               f"label flips {par['flips_outside_tolerance']}); try --precision fp32")
         now = dt.datetime.now(dt.timezone.utc)
         meta = ModelMeta(
             name=name or f"all-{cfg['arch']}", version=version or now.strftime("%Y%m%d.%H%M%S"),

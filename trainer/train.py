@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
+
 from trainer import LABELS, POSITIVE_LABEL, TrainerError
 from trainer.datasets import load
 from trainer.synth import SYNTHETIC_NOTE
@@ -105,16 +107,24 @@ def run(cfg: TrainConfig, progress: bool = True) -> Path:
     import keras
 
     from trainer.models import build
-    from trainer.pipeline import PAPER_INPUT, ImageStore, class_weights, one_hot, split_arrays, train_dataset
+    from trainer.pipeline import (
+        PAPER_INPUT,
+        ImageStore,
+        class_weights,
+        labels_for,
+        one_hot,
+        split_arrays,
+        train_dataset,
+    )
 
-    write_json(out / "environment.json", environment())
+    env = environment()
+    write_json(out / "environment.json", env)
+    log.info("tensorflow %s, oneDNN %s, GPUs: %s", env["packages"]["tensorflow"],
+             "on" if env["onednn"].get("enabled") else "off", ", ".join(env["gpus"]) or "none")
     spec = PAPER_INPUT
     label_of = {s.path: s.label for s in ds.samples}
     store = ImageStore(ds.root, spec, cfg.cache_mb)
-    y_train = [label_of[p] for p in splits["train"]]
-    import numpy as np
-
-    y_train = np.array(y_train)
+    y_train = labels_for(splits["train"], label_of)
     train_ds = train_dataset(store, splits["train"], y_train, cfg.batch_size, cfg.seed, augment=cfg.augment)
     x_val, y_val = split_arrays(store, splits["val"], label_of)
     model = build(cfg.arch, (spec.height, spec.width, 3), len(LABELS), cfg.lr)
@@ -125,7 +135,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> Path:
     hist = model.fit(
         train_ds, validation_data=(x_val, one_hot(y_val)), epochs=cfg.epochs, callbacks=callbacks,
         class_weight=class_weights(y_train) if cfg.class_weight else None,
-        verbose=(1 if progress and sys.stderr.isatty() else 2) if progress else 0,
+        verbose=1 if progress and sys.stdout.isatty() else 2,  # 2 = one line per epoch
     )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     best = int(np.argmin(history["val_loss"])) if history.get("val_loss") else len(history.get("loss", [])) - 1

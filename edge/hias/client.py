@@ -101,6 +101,7 @@ class HiasComponent(Component):
         # Per-session flags, touched only by the MQTT thread and its callbacks.
         self._session_ok = False
         self._connack_failed = False
+        self._had_connack = False
         self._next_life = 0.0
         self._service_error: Optional[str] = None
         data_dir = getattr(getattr(daemon.config, "storage", None), "data_dir", Path("/"))
@@ -163,7 +164,7 @@ class HiasComponent(Component):
             checks = [HealthCheck("hias", "ok", f"connected to {where} as {self.cfg.entity} "
                                   f"({tls})", detail)]
         elif problem is not None:
-            again = f"; retrying in {retry:.0f} s" if retry and state != "stopped" else ""
+            again = f"; retrying in {retry:.3g} s" if retry and state != "stopped" else ""
             detail["since"] = _iso(problem.since)
             checks = [HealthCheck("hias", problem.severity, problem.summary + again, detail)]
         elif state == "stopped":
@@ -276,6 +277,7 @@ class HiasComponent(Component):
         client = self._client
         assert client is not None
         self._session_ok = False
+        self._had_connack = False
         self._connack_failed = False
         try:
             client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
@@ -303,7 +305,7 @@ class HiasComponent(Component):
             if self._session_ok:
                 self._mark_disconnected(None)
             client.disconnect()   # closes the socket; paho keeps unacked messages for later
-        return self._session_ok
+        return self._had_connack
 
     def _service_guarded(self) -> None:
         """_service, with journal (SQLite) or sensor errors logged once per kind, not fatal."""
@@ -372,11 +374,15 @@ class HiasComponent(Component):
         self._session_ok = False
         self.outbox.set_connected(False)
         with self._lock:
-            self._connected_since = None
+            since, self._connected_since = self._connected_since, None
             if self._state == "connected":
                 self._state = "connecting"
         if not self._stop.is_set():
             why = f": {reason}" if reason else ""
+            if since is not None and time.time() - since < 2.0:
+                # Mosquitto drops the older connection when a second one uses the same id.
+                why += f" right after connecting (is another device using entity " \
+                       f"{self.cfg.entity!r}, or does the broker's ACL refuse it?)"
             self._set_problem("warn", f"connection to {self.cfg.host}:{self.cfg.port} lost{why}")
 
     # ------------------------------------------------------------------ paho callbacks
@@ -390,6 +396,7 @@ class HiasComponent(Component):
                                   "(check hias.username and the password)")
                 return
             self._session_ok = True
+            self._had_connack = True
             with self._lock:
                 self._problem = None
                 self._retry_in = None

@@ -377,7 +377,7 @@ class CameraSource(Component):
     def _sleep_time(self) -> float:
         now = time.monotonic()
         due = [0.5]
-        if not self._open and (self._requests or self._wants_frames()):
+        if not self._open and self._wants_frames():
             due.append(self._next_open - now)
         if self._next_timed is not None:
             due.append(self._next_timed - now)
@@ -398,6 +398,8 @@ class CameraSource(Component):
                 req.ok = ok
                 req.done.set()
             return
+        if not self._open and self._wants_frames() and now >= self._next_open:
+            self._reopen()
         timed = self._next_timed is not None and now >= self._next_timed
         polled = self.cfg.on_change and self.cfg.interval_seconds == 0 and now >= self._next_poll
         if not (timed or polled):
@@ -409,6 +411,19 @@ class CameraSource(Component):
             self._next_poll = now + self.change_poll_seconds
         if self._ensure_open(force=False):
             self._capture(force=False)
+
+    def _reopen(self) -> None:
+        """Retry a failed camera when its backoff expires, not only at the next capture, and
+        read one probe frame (not classified) so health shows recovery straight away."""
+        if not self._ensure_open(force=False):
+            return
+        try:
+            to_bgr(self.backend.read())
+        except CameraError as exc:
+            self._fail(exc)
+            self._close()
+            return
+        self._recovered()
 
     def _ensure_open(self, force: bool) -> bool:
         if self._open:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import importlib
 import logging
 import os
 import shutil
@@ -61,6 +62,21 @@ def open_for_writing(path: str) -> Optional[bool]:
         os.close(fd)
 
 
+def _shorten_move_pairing() -> None:
+    """watchdog holds each IN_MOVED_FROM event (our own claim renames) for 0.5 s to pair it
+    with an IN_MOVED_TO, and its queue is FIFO, so every new file's event waits behind it.
+    We only need wake-ups, not paired moves: hold them briefly instead."""
+    for module, cls in (("watchdog.observers.inotify_move_event_grouper",
+                         "InotifyMoveEventGrouper"),  # watchdog >= 6
+                        ("watchdog.observers.inotify_buffer", "InotifyBuffer")):  # older
+        try:
+            klass = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(getattr(klass, "delay", None), (int, float)):
+            klass.delay = min(klass.delay, 0.01)
+
+
 def ignored(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
 
@@ -85,6 +101,7 @@ class FolderSource(Component):
         self.error: Optional[str] = None
         self._cross_device = False
         self._reported: set = set()
+        self._pass_error: Optional[str] = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,6 +129,7 @@ class FolderSource(Component):
                 def on_any_event(self, event: Any) -> None:
                     wake.set()
 
+            _shorten_move_pairing()
             obs = Observer()
             obs.schedule(_Wake(), str(self.inbox), recursive=False)
             obs.daemon = True
@@ -139,13 +157,16 @@ class FolderSource(Component):
         while not self._stop.is_set():
             try:
                 delay = self.scan()
-                self.error = None
             except OSError as exc:
                 self.error = f"cannot scan {self.inbox}: {exc.strerror}"
                 if self.error not in self._reported:
                     log.error("%s", self.error)
                     self._reported.add(self.error)
                 delay = self.cfg.poll_interval
+            except Exception as exc:  # a bug must not silently end the source
+                self.error = f"folder source error: {type(exc).__name__}: {exc}"
+                log.exception("%s", self.error)
+                delay = max(self.cfg.poll_interval, 5.0)
             self._wake.wait(delay)
             self._wake.clear()
 
@@ -153,6 +174,7 @@ class FolderSource(Component):
         """One pass over the inbox; claims settled entries. Returns seconds until the next pass."""
         now = time.monotonic()
         self.last_scan = time.time()
+        self._pass_error = None
         # With inotify the poll is only a safety net (e.g. events lost on overflow).
         next_wait = self.cfg.poll_interval if self.mode == "polling" else max(
             self.cfg.poll_interval, 10.0)
@@ -185,36 +207,42 @@ class FolderSource(Component):
             if entry.is_file(follow_symlinks=False) and open_for_writing(entry.path):
                 next_wait = min(next_wait, max(self.cfg.settle_seconds, 0.2))
                 continue
-            self._claim(name)
-            self._pending.pop(name, None)
+            if self._claim(name):
+                self._pending.pop(name, None)
+            else:  # refused: retry at the next poll without waiting to settle again
+                next_wait = min(next_wait, self.cfg.poll_interval)
         for name in list(self._pending):
             if name not in seen:
                 del self._pending[name]
+        self.error = self._pass_error
         return max(0.05, next_wait)
 
-    def _claim(self, name: str) -> None:
+    def _claim(self, name: str) -> bool:
+        """Rename into processing/ and submit. False if the file could not be claimed."""
         id = new_id()
         stored = stored_name(id, name)
         src, dst = self.inbox / name, self.processing / stored
         try:
             os.rename(src, dst)
         except FileNotFoundError:
-            return  # someone else took it
+            return True  # someone else took it: nothing left to do
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 msg = f"cannot claim {display_name(name)}: {exc.strerror}"
                 if msg not in self._reported:
                     log.error("%s (check the inbox permissions)", msg)
                     self._reported.add(msg)
-                self.error = msg
-                return
+                self._pass_error = msg
+                return False
             if not self._copy_claim(src, dst):
-                return
+                self._pass_error = f"cannot claim {display_name(name)} across filesystems"
+                return False
         self.claimed += 1
         self.last_claim = time.time()
         job = Job(id=id, source="folder", name=name, analysis=self.cfg.analysis,
                   received=time.time(), stored=stored, path=dst)
         submit_blocking(self.daemon.pipeline, job, self._stop)
+        return True
 
     def _copy_claim(self, src: Path, dst: Path) -> bool:
         """Claim across filesystems: copy to a hidden name, rename, then remove the original."""
@@ -244,9 +272,12 @@ class FolderSource(Component):
         alive = self._thread is not None and self._thread.is_alive()
         if not alive:
             return [HealthCheck("folder source", "fail", "not running", detail)]
-        state = "warn" if self._cross_device else "ok"
-        return [HealthCheck("folder source", state,
-                            f"watching {self.inbox} ({self.mode}), {self.claimed} claimed", detail)]
+        summary = f"watching {self.inbox} ({self.mode}), {self.claimed} claimed"
+        if self._cross_device:
+            return [HealthCheck("folder source", "warn", summary + "; inbox and data_dir are on "
+                                "different filesystems, so claims are copies (not atomic)",
+                                detail)]
+        return [HealthCheck("folder source", "ok", summary, detail)]
 
     def status(self) -> Dict[str, Any]:
         return {"path": str(self.inbox), "mode": self.mode, "claimed": self.claimed,
@@ -290,7 +321,12 @@ def recover(daemon: Any, stop: threading.Event) -> int:
         count += 1
         result = journal.get(id)
         if result is not None:
-            store.place(path, None, store.target_for(result, entry), result)
+            try:
+                store.place(path, None, store.target_for(result, entry), result)
+            except OSError as exc:
+                log.error("recovered %s is journaled but could not be moved on: %s", id,
+                          exc.strerror)
+                continue
             log.info("recovered %s (%s): already journaled as %s, moved on", id,
                      display_name(name), result["status"])
             continue

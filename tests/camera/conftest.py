@@ -4,13 +4,14 @@ ALL-IDB1-layout fields (with every white cell's centre recorded), and the real C
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import numpy as np
 import pytest
 
 from edge.config import AnalysisConfig
 from edge.model_meta import InputSpec, ModelMeta
+from tests.camera.fields import recording_white_cells
 from tests.conftest import CNMC_SAMPLE
 
 SYNTH_FIELDS = 12  # trainer fields for the detection floor (~1.5 s each to generate here)
@@ -65,24 +66,14 @@ def analysis_cfg() -> AnalysisConfig:
 def synth_fields(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Any]]:
     """SYNTHETIC ALL-IDB1-layout fields from `trainer.synth` (JPEG + `.xyc` blast centres).
 
-    `.xyc` marks blasts only (as in ALL-IDB1), so precision needs every white cell's centre
-    too: it is recorded by wrapping the generator's smear painter, which receives them.
+    `.xyc` marks blasts only (as in ALL-IDB1); every white cell's centre is recorded too
+    (`recording_white_cells`) so that precision can be measured.
     """
     import trainer.synth as synth
 
-    placed: List[List[Tuple[float, float]]] = []
-    original = synth._smear
-
-    def recording_smear(rng, h, w, stain, density, avoid, rbc_r):  # type: ignore[no-untyped-def]
-        placed.append([(float(x), float(y)) for x, y, _ in avoid])
-        return original(rng, h, w, stain, density, avoid, rbc_r)
-
     out = tmp_path_factory.mktemp("synth-all-idb1")
-    synth._smear = recording_smear
-    try:
+    with recording_white_cells() as placed:
         summary = synth.generate(out, "all-idb1", SYNTH_FIELDS, SYNTH_SEED)
-    finally:
-        synth._smear = original
     assert len(placed) == SYNTH_FIELDS, "trainer.synth no longer paints fields via _smear"
     fields = []
     for entry, wbc in zip(summary["files"], placed):

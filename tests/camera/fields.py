@@ -7,7 +7,8 @@ leukocyte centres returned as ground truth. Deterministic per seed.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+import contextlib
+from typing import Iterator, List, Tuple
 
 import cv2
 import numpy as np
@@ -59,3 +60,26 @@ def make_field(seed: int, size: Tuple[int, int] = (2592, 1944), leukocytes: int 
     noise = rng.normal(0, 4, img.shape)
     img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     return img, centres
+
+
+@contextlib.contextmanager
+def recording_white_cells() -> Iterator[List[List[Tuple[float, float]]]]:
+    """While active, every `trainer.synth` field appends its white-cell centres to the list.
+
+    `.xyc` files mark blasts only (as in ALL-IDB1); precision needs every white cell. The
+    generator hands them to its smear painter (`_smear(..., avoid, ...)`), which is wrapped here.
+    """
+    import trainer.synth as synth
+
+    placed: List[List[Tuple[float, float]]] = []
+    original = synth._smear
+
+    def recording_smear(rng, h, w, stain, density, avoid, rbc_r):  # type: ignore[no-untyped-def]
+        placed.append([(float(x), float(y)) for x, y, _ in avoid])
+        return original(rng, h, w, stain, density, avoid, rbc_r)
+
+    synth._smear = recording_smear
+    try:
+        yield placed
+    finally:
+        synth._smear = original

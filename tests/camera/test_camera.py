@@ -338,3 +338,19 @@ def test_picamera2_bad_awb_is_a_clear_error(fake_world: Any) -> None:
         backend.open()
     assert getattr(err.value, "reason", None) == "misconfigured" and "sunset" in str(err.value)
     assert fake_world.open_cameras == []
+
+
+def test_waiting_for_a_missing_camera_does_not_spin(tmp_path: Path) -> None:
+    daemon = RecordingDaemon(config(backend="opencv", device=str(tmp_path / "none.avi"),
+                                    interval_seconds=60))
+    src = CameraSource(daemon, backoff_min=0.2, backoff_max=0.2)
+    steps = []
+    real_step = src._step
+    src._step = lambda: (steps.append(1), real_step())[1]  # type: ignore[method-assign]
+    src.start()
+    try:
+        wait_until(lambda: src.status()["failures"] >= 3, 10, "three retries")
+    finally:
+        src.stop()
+    # one wake-up per retry (plus a few), not a 10 ms poll while the backoff runs out
+    assert len(steps) <= 3 * src.status()["failures"] + 3, (len(steps), src.status())

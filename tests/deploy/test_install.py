@@ -12,7 +12,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Iterator
 
 import pytest
 
@@ -103,10 +103,11 @@ def test_destdir_is_the_staging_root(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path,
-              source: Path) -> Dict[str, object]:
+              source: Path) -> Iterator[Dict[str, object]]:
     root = tmp_path_factory.mktemp("staging") / "root"
     proc = run_install(root, src=source, wheelhouse=wheelhouse)
-    return {"root": root, "out": proc.stdout, "src": source}
+    yield {"root": root, "out": proc.stdout, "src": source}
+    shutil.rmtree(root.parent, ignore_errors=True)  # ~1 GB of venvs
 
 
 @pytest.mark.slow
@@ -146,6 +147,21 @@ def test_fresh_install_places_every_file(installed: Dict[str, object]) -> None:
                     "systemctl enable --now all-edge"):
         assert f"skipped (--no-system): {skipped}" in out
     assert "status page: http://127.0.0.1:8080/" in out
+    # owners cannot be set without root and the user; the planned chown of each path is checked
+    planned = dict(reversed(line.split(": chown ", 1)[1].split(" ", 1))
+                   for line in out.splitlines() if ": chown " in line)
+    svc = "all-edge:all-edge"
+    assert planned == {
+        str(root / "opt/all-edge"): "root:root",
+        str(root / "opt/all-edge/releases"): "root:root",
+        str(etc): "root:all-edge",
+        str(etc / "confs.json"): "root:all-edge",
+        str(etc / "confs.json.dist"): "root:all-edge",
+        str(etc / "credentials"): "root:root",
+        **{str(etc / "credentials" / c): "root:root" for c in CREDENTIALS},
+        str(state): svc, str(state / "data"): svc, str(state / "inbox"): svc,
+        str(state / "models"): svc, str(root / "var/log/all-edge"): svc,
+    }
 
 
 @pytest.mark.slow
@@ -287,6 +303,7 @@ def test_upgrade_that_does_not_validate_keeps_the_current_release(
     cfg["agent"]["colour"] = "red"  # an unknown key: check-config must refuse it
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     current = (root / "opt/all-edge/current").resolve()
+    dist = (root / "etc/all-edge/confs.json.dist").read_bytes()
     try:
         proc = run_install(root, "--upgrade", src=_new_code(tmp_path, "v3", 9),
                            wheelhouse=wheelhouse, check=False)
@@ -295,6 +312,8 @@ def test_upgrade_that_does_not_validate_keeps_the_current_release(
         assert "agent.colour" in proc.stdout + proc.stderr
         assert "Traceback" not in proc.stdout + proc.stderr
         assert (root / "opt/all-edge/current").resolve() == current
+        # the recorded defaults stay those of the live release
+        assert (root / "etc/all-edge/confs.json.dist").read_bytes() == dist
     finally:
         cfg_path.write_bytes(good)
 

@@ -7,6 +7,9 @@ then classifies real C-NMC cells (Gupta & Gupta 2019, TCIA, doi 10.7937/tcia.201
 CC BY 3.0) through `python -m edge classify` under both runtimes; the probabilities must agree.
 The PyPI 2022.3 wheels are x86_64 and carry no MYRIAD plugin, so this proves the code path and
 the IR compatibility, not the stick (that needs the Pi + NCS2: docs/deploy.md).
+
+The last test runs install.sh in NCS2 mode on Python 3.9 with a SYNTHETIC stand-in for Intel's
+2022.3 ARM archive (see synthetic_ov_archive) and starts the installed daemon like the unit.
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.deploy.staging import diff_snapshots, run_install, snapshot
+from tests.deploy.test_unit import SYSTEMD_ANALYZE, security_score, verify_output
+from tests.deploy.unit_runner import free_port, start_like_unit, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_py39]
 
@@ -147,3 +155,113 @@ def test_edge_inference_api_under_2022_3(py39: Path, default_model_xml: Path,
     device, prob = lines[1].split()
     assert device == "CPU"  # no MYRIAD plugin in the PyPI wheel: the CPU fallback is taken
     assert 0.0 <= float(prob) <= 1.0
+
+
+# ------------------------------------------------------------------ NCS2 mode of install.sh
+
+WHEELHOUSE39 = REPO_ROOT / ".cache" / "wheelhouse-py39"
+
+
+@pytest.fixture(scope="module")
+def wheelhouse39(py39: Path) -> Path:
+    """Python 3.9 wheels of the edge extra (numpy 1.x), for an offline --ncs2 install."""
+    reqs = [r for r in requirements() if not r.startswith("openvino")] + \
+        ["setuptools>=68", "wheel"]
+    key = hashlib.sha256("\n".join(reqs).encode()).hexdigest()
+    stamp = WHEELHOUSE39 / ".stamp"
+    if not (stamp.is_file() and stamp.read_text() == key):
+        WHEELHOUSE39.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([str(py39), "-m", "pip", "download", "-q",
+                               "--disable-pip-version-check", "-d", str(WHEELHOUSE39), *reqs],
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail("cannot fill the Python 3.9 wheelhouse:\n" + proc.stderr[-3000:])
+        stamp.write_text(key)
+    return WHEELHOUSE39
+
+
+def synthetic_ov_archive(py39: Path, dest: Path) -> Path:
+    """SYNTHETIC stand-in for Intel's 2022.3 runtime archive, repackaged from the PyPI wheel in
+    the archive's layout (setupvars.sh): python/python3.9/openvino, runtime/lib/<arch>/*.so.
+    The libraries sit only in runtime/lib, so the Python module loads them only through the
+    LD_LIBRARY_PATH that install.sh writes into the unit. x86_64, and no MYRIAD plugin."""
+    site = Path(run_edge(py39, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+                .stdout.strip())
+    top = dest / "l_openvino_toolkit_SYNTHETIC_2022.3_x86_64"
+    pydir = top / "python" / "python3.9"
+    libdir = top / "runtime" / "lib" / "intel64"
+    ignore = shutil.ignore_patterns("__pycache__", "libs")
+    shutil.copytree(site / "openvino", pydir / "openvino", ignore=ignore)
+    shutil.copytree(site / "ngraph", pydir / "ngraph", ignore=ignore)
+    for so in site.glob("_pyngraph*.so"):
+        shutil.copy2(so, pydir)
+    shutil.copytree(site / "openvino" / "libs", libdir)
+    (top / "SYNTHETIC.txt").write_text("Repackaged from the openvino 2022.3 PyPI wheel for "
+                                       "tests; not Intel's ARM archive.\n")
+    archive = dest / "openvino-2022.3-synthetic.tgz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(dest), top.name], check=True,
+                   timeout=300)
+    return archive
+
+
+def test_ncs2_mode_install_on_python39_reaches_ready(
+        py39: Path, wheelhouse39: Path, source: Path, tmp_path: Path) -> None:
+    archive = synthetic_ov_archive(py39, tmp_path / "archive")
+    root = tmp_path / "root"
+    try:
+        ncs2_install_checks(py39, wheelhouse39, source, tmp_path, archive, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # ~500 MB of venv and runtime
+        shutil.rmtree(archive.parent, ignore_errors=True)
+
+
+def ncs2_install_checks(py39: Path, wheelhouse39: Path, source: Path, tmp_path: Path,
+                        archive: Path, root: Path) -> None:
+    proc = run_install(root, "--ncs2", "--openvino-archive", str(archive), src=source,
+                       wheelhouse=wheelhouse39, python=find_python39())
+    assert "OpenVINO 2022.3" in proc.stdout
+    assert "no MYRIAD device visible now" in proc.stdout  # no stick here: warned, not fatal
+
+    rule = root / "etc/udev/rules.d/97-myriad-usbboot.rules"
+    assert rule.read_bytes() == (REPO_ROOT / "systemd/97-myriad-usbboot.rules").read_bytes()
+    cfg = json.loads((root / "etc/all-edge/confs.json").read_text())
+    assert cfg["model"]["devices"] == ["MYRIAD", "CPU"]
+    unit = root / "etc/systemd/system/all-edge.service"
+    text = unit.read_text()
+    release = (root / "opt/all-edge/current").resolve()
+    assert f"Environment=LD_LIBRARY_PATH={release}/openvino/runtime/lib/intel64\n" in text
+    if SYSTEMD_ANALYZE:
+        assert verify_output(unit) == ""
+        assert security_score(unit) <= 3.0
+
+    # the runtime's libraries are found only through the unit's LD_LIBRARY_PATH
+    venv_py = str(root / "opt/all-edge/current/venv/bin/python")
+    bare = subprocess.run([venv_py, "-c", "import openvino.runtime"], capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert bare.returncode != 0
+    assert "libopenvino" in bare.stderr, bare.stderr
+    with_path = subprocess.run(
+        [venv_py, "-c", "import openvino.runtime as ov; print(ov.get_version())"],
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": f"{release}/openvino/runtime/lib/intel64"})
+    assert with_path.stdout.startswith("2022.3"), with_path.stderr
+
+    # a second run changes nothing; then the daemon, started like the unit, gets READY
+    before = snapshot(root)
+    run_install(root, "--ncs2", "--openvino-archive", str(archive), src=source,
+                wheelhouse=wheelhouse39, python=find_python39())
+    assert diff_snapshots(before, snapshot(root)) == []
+
+    cfg["server"]["port"] = free_port()
+    (root / "etc/all-edge/confs.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    daemon, notify, log_path = start_like_unit(root, tmp_path)
+    try:
+        pid = notify.wait_for("READY", "1", time.monotonic() + 120, daemon)
+        assert pid == daemon.pid, f"no READY=1 from the main pid:\n{log_path.read_text()[-4000:]}"
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        stop(daemon, notify)
+    log_text = log_path.read_text()
+    assert "Traceback" not in log_text
+    assert "MYRIAD" in log_text, log_text  # the fallback to CPU is logged

@@ -111,7 +111,7 @@ class Env:
 
     def drop(self, name: str, data: bytes) -> Path:
         """Write under a hidden name, then rename in: how a careful copier delivers a file."""
-        tmp = self.inbox / f".{name}.tmp"
+        tmp = self.inbox / f".drop-{time.monotonic_ns()}.tmp"
         tmp.write_bytes(data)
         dst = self.inbox / name
         os.rename(tmp, dst)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, Iterator
 
+import cv2
+import numpy as np
 import pytest
 
 from edge.daemon import Daemon
@@ -81,10 +84,6 @@ def test_bad_inputs_are_quarantined_and_daemon_keeps_running(env: Env, running: 
     good = cnmc_files()[0].read_bytes()
     outside = tmp_path / "outside-secret.png"
     outside.write_bytes(good)
-    jpeg = (CNMC_SAMPLE / "..").resolve()  # noqa: F841 - documents where the sample lives
-    import cv2
-    import numpy as np
-
     ok, buf = cv2.imencode(".jpg", np.full((300, 400, 3), 128, np.uint8))
     assert ok
     cases = {
@@ -205,3 +204,65 @@ def test_folder_health_and_status(env: Env, running: Daemon) -> None:
     assert st["components"]["folder"]["mode"] == "inotify"
     assert st["counters"]["queue_depth"] == 0 and st["ready"] is True
     json.dumps(st)  # JSON-able
+
+
+def test_longest_possible_name(env: Env, running: Daemon) -> None:
+    name = "x" * 251 + ".bmp"  # NAME_MAX: no room for the id prefix without shortening
+    good = cnmc_files()[6].read_bytes()
+    env.drop(name, good)
+    wait_until(lambda: len(env.rows()) == 1, 15, what="the long-named file")
+    r = env.rows()[0]
+    assert r["status"] == "ok" and r["name"] == name
+    archived = env.data / r["image"]
+    assert archived.read_bytes() == good and archived.name.endswith(".bmp")
+
+
+def test_unclaimable_file_is_reported_not_fatal(env: Env, running: Daemon,
+                                                 monkeypatch) -> None:
+    """A claim refused by the filesystem (e.g. inbox permissions after a redeploy): the
+    health check says why, the file stays where it is, and claiming resumes once fixed."""
+    import edge.sources.folder as folder
+
+    real_rename = os.rename
+
+    def refuse(src, dst):
+        if Path(dst).parent == running.store.processing:
+            raise PermissionError(13, "Permission denied")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(folder.os, "rename", refuse)
+    env.drop("cell.bmp", cnmc_files()[0].read_bytes())
+    wait_until(lambda: running.component("folder").error, 10, what="a claim error")
+    check = next(h for h in running.health() if h.name == "folder source")
+    assert check.state == "fail" and "cannot claim cell.bmp: Permission denied" in check.summary
+    assert (env.inbox / "cell.bmp").exists() and env.rows() == []
+    monkeypatch.setattr(folder.os, "rename", real_rename)
+    running.component("folder")._wake.set()
+    wait_until(lambda: len(env.rows()) == 1, 15, what="the claim after the fix")
+    wait_until(lambda: running.component("folder").error is None, 5, what="error cleared")
+
+
+def test_inbox_on_another_filesystem(env: Env, tmp_path: Path) -> None:
+    """/dev/shm (tmpfs) as the inbox: claims copy + rename, and health warns about it."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs a second filesystem (tmpfs at /dev/shm)")
+    inbox = shm / f"all-edge-test-{os.getpid()}-{time.monotonic_ns()}"
+    inbox.mkdir()
+    try:
+        env.settings["sources"]["folder"]["path"] = str(inbox)
+        d = Daemon(env.config())
+        d.start()
+        try:
+            good = cnmc_files()[7].read_bytes()
+            (inbox / "x.bmp").write_bytes(good)
+            wait_until(lambda: len(env.rows()) == 1, 15, what="the cross-device file")
+            r = env.rows()[0]
+            assert r["status"] == "ok" and (env.data / r["image"]).read_bytes() == good
+            assert list(inbox.iterdir()) == []
+            check = next(h for h in d.health() if h.name == "folder source")
+            assert check.state == "warn" and "different filesystems" in check.summary
+        finally:
+            d.shutdown()
+    finally:
+        shutil.rmtree(inbox, ignore_errors=True)

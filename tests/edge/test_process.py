@@ -120,7 +120,7 @@ def test_kill_9_mid_batch_then_restart_gives_exactly_one_outcome(env: Env,
         data = src.read_bytes() if i % 37 else b"broken" * 10  # some quarantined
         (env.inbox / name).write_bytes(data)
         names.append(name)
-    kills = 0
+    kills = leftovers = 0
     for at in (20, 90, 170):
         d = daemon_process(env, "sources.folder.settle_seconds=0")
         wait_until(lambda at=at: len(env.rows()) >= at, 60, interval=0.005,
@@ -128,6 +128,7 @@ def test_kill_9_mid_batch_then_restart_gives_exactly_one_outcome(env: Env,
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait(10)
         kills += 1
+        leftovers += len(list((env.data / "processing").iterdir()))
         assert len(env.rows()) < len(names), "the kill must land mid-batch"
     d = daemon_process(env, "sources.folder.settle_seconds=0")
     d.wait_message("READY=1")
@@ -152,6 +153,7 @@ def test_kill_9_mid_batch_then_restart_gives_exactly_one_outcome(env: Env,
     con_counts = json.loads(json.dumps(Counter(r["status"] for r in rows)))
     assert con_counts["ok"] + con_counts["quarantined"] == len(names)
     assert kills == 3
+    assert leftovers > 0, "the kills must leave claimed inputs for crash recovery"
 
 
 def test_ready_only_after_http_is_up(env: Env, daemon_process) -> None:
@@ -168,3 +170,20 @@ def test_ready_only_after_http_is_up(env: Env, daemon_process) -> None:
         assert r.status in (200, 503)
     d.signal(signal.SIGTERM)
     assert d.wait(20) == 0
+
+
+def test_sigterm_mid_batch_finishes_in_flight_and_loses_nothing(env: Env,
+                                                               daemon_process) -> None:
+    files = cnmc_files()
+    names = [f"{i:03d}_{files[i % 71].name}" for i in range(150)]
+    for i, name in enumerate(names):
+        (env.inbox / name).write_bytes(files[i % 71].read_bytes())
+    d = daemon_process(env, "sources.folder.settle_seconds=0")
+    wait_until(lambda: len(env.rows()) >= 10, 60, interval=0.005, what="10 rows")
+    d.signal(signal.SIGTERM)
+    assert d.wait(20) == 0
+    assert list((env.data / "processing").iterdir()) == [], "in-flight inputs were finished"
+    done = {r["name"] for r in env.rows()}
+    waiting = {p.name for p in env.inbox.iterdir()}
+    assert done.isdisjoint(waiting) and done | waiting == set(names)
+    assert "stopped" in d.log()

@@ -19,18 +19,14 @@ from typing import Any, Dict, List
 import pytest
 
 from edge.config import Config
-from tests.conftest import CNMC_SAMPLE, DEFAULT_MODEL_XML, REPO_ROOT
+from tests.conftest import CNMC_SAMPLE, REPO_ROOT
 from tests.hias.edge_setup import make_config
 from tests.hias.listener import HiasListener
 
 
 @pytest.fixture(scope="module")
-def model_xml() -> Path:
-    dev = os.environ.get("EDGE_DEV_MODEL")  # DEVONLY: same switch as tests/edge, until models/default exists
-    if dev:
-        return Path(dev)
-    assert DEFAULT_MODEL_XML.is_file(), "models/default/model.xml is missing (make the demo model)"
-    return DEFAULT_MODEL_XML
+def model_xml(default_model_xml: Path) -> Path:
+    return default_model_xml
 
 
 def cells(n: int) -> List[Path]:

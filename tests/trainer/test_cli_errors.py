@@ -90,6 +90,12 @@ def test_out_already_trained(tmp_path, idb2_set) -> None:
     _fails_cleanly(["train", "--data", str(idb2_set), "--out", str(tmp_path / "run")], "choose a new --out")
 
 
+def test_out_cannot_be_created(tmp_path, idb2_set) -> None:
+    (tmp_path / "afile").write_text("x")
+    _fails_cleanly(["train", "--data", str(idb2_set), "--out", str(tmp_path / "afile" / "run")],
+                   "afile", "check the path")
+
+
 def test_evaluate_not_a_run(tmp_path) -> None:
     _fails_cleanly(["evaluate", "--run", str(tmp_path)], "config.json is missing", "made by `train`")
 

@@ -24,6 +24,15 @@ def test_idb1_loader(idb1_set) -> None:
     assert sum(ds.counts().values()) == 4
 
 
+def test_idb1_fields_feed_the_model(idb1_set) -> None:
+    from trainer.pipeline import PAPER_INPUT, ImageStore, arrays
+
+    ds = load(idb1_set)
+    x = arrays(ImageStore(idb1_set, PAPER_INPUT), [s.path for s in ds.samples])
+    assert x.shape == (4, 100, 100, 3) and x.dtype.name == "float32"
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.std() > 0.01
+
+
 def test_cnmc_loader_synthetic(cnmc_set) -> None:
     ds = load(cnmc_set)
     assert ds.format == "cnmc"

@@ -1,0 +1,166 @@
+"""Field-of-view analysis benchmark: time per 2592x1944 field (decode, detection, every crop
+classified, annotation), cells/s, and detection quality against ground truth.
+
+    .venv/bin/python bench/bench_field.py              # prints Markdown tables
+    .venv/bin/python bench/bench_field.py --write      # also updates docs/benchmarks.md
+
+Fields: SYNTHETIC ALL-IDB1-layout fields from `trainer.synth` (blast centres as in `.xyc`,
+plus every white cell's centre recorded from the generator). Real pixels: the 71 C-NMC 2019
+cells in ../shared/data/cnmc-sample (Gupta & Gupta 2019, TCIA, doi 10.7937/tcia.2019.dc64i46r,
+CC BY 3.0). Model: models/default (trained on synthetic data). Research use only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, List
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge import imaging  # noqa: E402
+from edge.analysis.crop import square_crop  # noqa: E402
+from edge.analysis.detect import detect_cells  # noqa: E402
+from edge.analysis.evaluate import Match, match_centres  # noqa: E402
+from edge.analysis.field import analyze_field  # noqa: E402
+from edge.config import AnalysisConfig  # noqa: E402
+from edge.inference import Classifier  # noqa: E402
+from tests.camera.fields import recording_white_cells  # noqa: E402
+
+CNMC = REPO.parent / "shared" / "data" / "cnmc-sample"
+MODEL = REPO / "models" / "default" / "model.xml"
+DOC = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- field-analysis:begin -->", "<!-- field-analysis:end -->"
+RADIUS = 40  # px: a detection matches an annotated centre this close (as in tests/camera)
+
+
+def machine() -> Dict[str, str]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                .splitlines() if ln.startswith("model name")), platform.processor())
+    versions = {}
+    for pkg in ("openvino", "opencv-python-headless", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "-"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
+            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "packages": ", ".join(f"{k} {v}" for k, v in versions.items())}
+
+
+def fields(n: int, seed: int) -> List[Dict]:
+    """SYNTHETIC fields as JPEG q90 bytes (what `synth` writes) with both kinds of truth."""
+    import trainer.synth as synth
+
+    out = []
+    with recording_white_cells() as placed:
+        for i in range(n):
+            img, blasts = synth.field(np.random.default_rng([seed, i]), i % 2 == 0)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            assert ok
+            out.append({"jpg": buf.tobytes(), "blasts": blasts, "wbc": placed[-1]})
+    return out
+
+
+def ms(values: List[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f}"
+
+
+def run(n: int, seed: int, reps: int) -> str:
+    cfg = AnalysisConfig()
+    clf = Classifier(MODEL, ["CPU"])
+    data = fields(n, seed)
+    for _ in range(5):  # warm-up: first inferences allocate
+        clf.predict(np.zeros((100, 100, 3), np.uint8))
+    t_dec, t_det, t_cls, t_total, counts = [], [], [], [], []
+    blasts, cells = Match(0, 0, 0), Match(0, 0, 0)
+    for f in data:
+        best = [float("inf")] * 4  # fastest of `reps` runs per step: the machine is shared
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            img = imaging.decode(f["jpg"])
+            t1 = time.perf_counter()
+            found = detect_cells(img, cfg)
+            t2 = time.perf_counter()
+            for c in found:
+                clf.predict(square_crop(img, c.box, cfg.crop_margin))
+            t3 = time.perf_counter()
+            if found:
+                analyze_field(img, clf, cfg)  # the analyzer as the daemon runs it (+ annotation)
+            t4 = time.perf_counter()
+            best = [min(b, t) for b, t in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3))]
+        for series, value in zip((t_dec, t_det, t_cls, t_total), best):
+            series.append(value)
+        counts.append(len(found))
+        centres = [c.centre for c in found]
+        blasts = blasts + match_centres(centres, f["blasts"], RADIUS)
+        cells = cells + match_centres(centres, f["wbc"], RADIUS)
+    total_cells = sum(counts)
+    cells_per_s = total_cells / sum(t_cls) if sum(t_cls) else 0.0
+    analyzer_cells_per_s = total_cells / sum(t_total) if sum(t_total) else 0.0
+
+    cnmc = sorted(CNMC.glob("fold_*/*/*.bmp"))
+    cnmc_cfg = AnalysisConfig(min_cell_diameter_px=60, max_cell_diameter_px=440)
+    exact = sum(1 for p in cnmc if len(detect_cells(cv2.imread(str(p)), cnmc_cfg)) == 1)
+
+    m = machine()
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, load {m['load']}; "
+        f"{m['packages']}. Model: {clf.meta.name} {clf.meta.version} on {clf.device}. "
+        f"{n} SYNTHETIC 2592x1944 fields from `trainer.synth` (seed {seed}), "
+        f"{total_cells} white cells detected (median {statistics.median(counts):.0f} per field).\n\n"
+        f"| step (per field: fastest of {reps} runs, median over fields) | ms |\n|---|---|\n"
+        f"| decode JPEG 2592x1944 | {ms(t_dec)} |\n"
+        f"| detect cells | {ms(t_det)} |\n"
+        f"| crop + classify every cell | {ms(t_cls)} |\n"
+        f"| whole `cells` analyzer (detect + classify + annotate) | {ms(t_total)} |\n\n"
+        f"Classification: {cells_per_s:.0f} cells/s; whole analyzer: {analyzer_cells_per_s:.0f} "
+        "cells/s.\n\n"
+        f"| detection quality (match radius {RADIUS} px) | value |\n|---|---|\n"
+        f"| blast recall vs `.xyc` centres | {blasts.recall:.3f} ({blasts.true_positives}/"
+        f"{blasts.annotated}) |\n"
+        f"| white-cell recall | {cells.recall:.3f} ({cells.true_positives}/{cells.annotated}) |\n"
+        f"| white-cell precision | {cells.precision:.3f} ({cells.true_positives}/"
+        f"{cells.detections}) |\n"
+        f"| real C-NMC cells with exactly one detection | {exact}/{len(cnmc)} |\n\n"
+        "Synthetic fields measure the detector against known truth, not its accuracy on real "
+        "smears; no real ALL-IDB1 field was available here.\n"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fields", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=20261122)
+    ap.add_argument("--reps", type=int, default=3, help="timing runs per field (fastest counts)")
+    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = ap.parse_args()
+    if not MODEL.is_file():
+        print(f"{MODEL} is missing: make the demo model first", file=sys.stderr)
+        return 2
+    text = run(args.fields, args.seed, max(1, args.reps))
+    print(text)
+    if args.write:
+        block = f"{BEGIN}\n## Field analysis (`cells` mode)\n\n{text}{END}\n"
+        doc = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\n"
+        if BEGIN in doc and END in doc:
+            head, rest = doc.split(BEGIN, 1)
+            doc = head + block + rest.split(END, 1)[1].lstrip("\n")
+        else:
+            doc = doc.rstrip("\n") + "\n\n" + block
+        DOC.write_text(doc, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

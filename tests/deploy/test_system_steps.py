@@ -1,0 +1,170 @@
+"""install.sh's system steps (apt, user, chown, systemctl, udev) and its start/rollback logic.
+
+These commands need root on a real Pi with systemd as PID 1, which this machine is not. So the
+test puts recording FAKES of apt-get, useradd, usermod, userdel, id, chown, udevadm, uname and
+systemctl first on PATH (ALL_EDGE_FAKE_SYSTEM=1 lets install.sh run them inside a staging root).
+The fake systemctl "starts" the service unless the current release contains docs/BROKEN.md,
+which stands for a release that fails to start. This checks which commands install.sh issues,
+in which order, and what it does when a start fails; it is no proof that they work on a Pi.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from tests.deploy.staging import copy_source, run_install
+
+pytestmark = pytest.mark.slow
+
+LOGGER = 'echo "$(basename "$0") $*" >> "$FAKE_LOG"\n'
+FAKES = {
+    "apt-get": LOGGER,
+    "usermod": LOGGER,
+    "chown": LOGGER,
+    "udevadm": LOGGER,
+    "useradd": LOGGER + 'for a; do last="$a"; done; touch "$FAKE_STATE/user-$last"\n',
+    "userdel": LOGGER + 'rm -f "$FAKE_STATE/user-$1"\n',
+    "id": ('if [ "$1" = -u ] && [ -n "${2:-}" ]; then\n'
+           '  [ -f "$FAKE_STATE/user-$2" ] && echo 999 && exit 0; exit 1\nfi\n'
+           'exec /usr/bin/id "$@"\n'),
+    "uname": 'if [ "$1" = -m ]; then echo aarch64; else exec /bin/uname "$@"; fi\n',
+    "systemctl": LOGGER + (
+        'case "$1" in\n'
+        '  is-active) [ -f "$FAKE_STATE/active" ]; exit $? ;;\n'
+        '  enable) touch "$FAKE_STATE/enabled" ;;\n'
+        '  disable) rm -f "$FAKE_STATE/enabled"\n'
+        '           if [ "$2" = --now ]; then rm -f "$FAKE_STATE/active"; fi ;;\n'
+        '  start|restart)\n'
+        '    if [ -e "$FAKE_ROOT/opt/all-edge/current/src/docs/BROKEN.md" ]; then\n'
+        '      rm -f "$FAKE_STATE/active"; exit 1\n'
+        '    fi\n'
+        '    touch "$FAKE_STATE/active" ;;\n'
+        'esac\n'),
+}
+
+
+class FakeSystem:
+    def __init__(self, tmp: Path, root: Path) -> None:
+        self.bin, self.state, self.log, self.root = tmp / "bin", tmp / "state", tmp / "log", root
+        self.bin.mkdir()
+        self.state.mkdir()
+        self.log.write_text("")
+        for name, body in FAKES.items():
+            p = self.bin / name
+            p.write_text("#!/bin/bash\n# FAKE for tests/deploy/test_system_steps.py\n" + body)
+            p.chmod(p.stat().st_mode | stat.S_IXUSR)
+        self.seen = 0
+
+    @property
+    def env(self) -> Dict[str, str]:
+        return {"PATH": f"{self.bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                "ALL_EDGE_FAKE_SYSTEM": "1", "FAKE_LOG": str(self.log),
+                "FAKE_STATE": str(self.state), "FAKE_ROOT": str(self.root)}
+
+    def new_calls(self) -> List[str]:
+        lines = self.log.read_text().splitlines()
+        new, self.seen = lines[self.seen:], len(lines)
+        return new
+
+    def is_(self, what: str) -> bool:
+        return (self.state / what).exists()
+
+
+def broken(src: Path) -> Path:
+    (src / "docs" / "BROKEN.md").write_text("this release fails to start (fake systemctl)\n")
+    return src
+
+
+def test_system_steps_start_and_rollback(tmp_path: Path, source: Path,
+                                         wheelhouse: Path) -> None:
+    root = tmp_path / "root"
+    fake = FakeSystem(tmp_path, root)
+
+    def install(*args: str, src: Path = source, check: bool = True):
+        return run_install(root, *args, src=src, wheelhouse=wheelhouse, env=fake.env,
+                           check=check)
+
+    # fresh install: packages, user, owners, then the unit is enabled and started
+    proc = install()
+    calls = fake.new_calls()
+    assert "implies --no-system" not in proc.stdout
+    assert calls[:2] == [
+        "apt-get update -q",
+        "apt-get install -y -q --no-install-recommends python3-venv python3-pip "
+        "python3-systemd python3-picamera2 ca-certificates"]
+    assert calls[2] == ("useradd --system --user-group --home-dir /var/lib/all-edge "
+                        "--no-create-home --shell /usr/sbin/nologin --groups video all-edge")
+    assert f"chown root:all-edge {root}/etc/all-edge/confs.json" in calls
+    assert f"chown root:root {root}/etc/all-edge/credentials/hias-password" in calls
+    assert f"chown all-edge:all-edge {root}/var/lib/all-edge/inbox" in calls
+    sysd = [c for c in calls if c.startswith("systemctl")]
+    assert sysd == ["systemctl daemon-reload", "systemctl is-active --quiet all-edge",
+                    "systemctl enable all-edge", "systemctl restart all-edge"]
+    assert not [c for c in calls if c.startswith("udevadm")]  # CPU mode: no NCS2 rule
+    assert fake.is_("enabled") and fake.is_("active")
+
+    # a rerun: the user exists, nothing changed, the running service is left alone
+    install()
+    calls = fake.new_calls()
+    assert "usermod -a -G video all-edge" in calls
+    assert [c for c in calls if c.startswith("systemctl")] == [
+        "systemctl is-active --quiet all-edge"]
+
+    # an upgrade whose release does not start is rolled back to the previous release
+    good = (root / "opt/all-edge/current").resolve()
+    proc = install("--upgrade", src=broken(copy_source(tmp_path / "broken")), check=False)
+    assert proc.returncode == 1
+    assert "upgrade failed and was rolled back" in proc.stderr
+    assert (root / "opt/all-edge/current").resolve() == good
+    assert [c for c in fake.new_calls() if c.startswith("systemctl")] == [
+        "systemctl restart all-edge", "systemctl restart all-edge"]
+    assert fake.is_("active") and fake.is_("enabled")
+
+    # a good upgrade switches and restarts once
+    proc = install("--upgrade", src=copy_source(tmp_path / "v2"))
+    assert (root / "opt/all-edge/current").resolve() != good
+    assert [c for c in fake.new_calls() if c.startswith("systemctl")] == [
+        "systemctl restart all-edge"]
+
+    # uninstall --purge stops, disables, removes the user
+    install("--uninstall", "--purge")
+    calls = fake.new_calls()
+    assert calls == ["systemctl disable --now all-edge", "systemctl daemon-reload",
+                     "userdel all-edge"]
+    assert not fake.is_("enabled") and not fake.is_("active")
+
+
+def test_a_fresh_install_that_does_not_start_is_left_disabled(tmp_path: Path, wheelhouse: Path
+                                                              ) -> None:
+    root = tmp_path / "root"
+    fake = FakeSystem(tmp_path, root)
+    proc = run_install(root, src=broken(copy_source(tmp_path / "src")), wheelhouse=wheelhouse,
+                       env=fake.env, check=False)
+    assert proc.returncode == 1
+    assert "did not start; it was left disabled" in proc.stderr
+    sysd = [c for c in fake.new_calls() if c.startswith("systemctl")]
+    assert sysd[-3:] == ["systemctl enable all-edge", "systemctl restart all-edge",
+                         "systemctl disable --now all-edge"]
+    assert not fake.is_("enabled")
+
+
+def test_ncs2_mode_adds_the_users_group_and_the_udev_rule(tmp_path: Path, source: Path) -> None:
+    """Dry run in NCS2 mode with the fakes: which system steps it would take (no venv built)."""
+    root = tmp_path / "root"
+    fake = FakeSystem(tmp_path, root)
+    proc = run_install(root, "--ncs2", "--dry-run", src=source, wheelhouse=tmp_path,
+                       env=fake.env, check=False, python="/usr/bin/python3")
+    if proc.returncode != 0 and "NCS2 mode runs OpenVINO 2022.3" in proc.stderr:
+        pytest.skip("/usr/bin/python3 is newer than 3.10; NCS2 mode needs 3.9/3.10")
+    assert proc.returncode == 0, proc.stderr
+    assert "would: apt-get install python3-venv python3-pip python3-systemd " \
+           "python3-picamera2 ca-certificates libusb-1.0-0" in proc.stdout
+    assert "would: useradd --system all-edge (groups video,users)" in proc.stdout
+    assert f"would: install {root}/etc/udev/rules.d/97-myriad-usbboot.rules" in proc.stdout
+    assert fake.new_calls() == []  # a dry run runs none of them
+    assert not root.exists()
