@@ -162,8 +162,9 @@ preflight() {
   say "checking the system"
   local codename="" arch
   arch="$(uname -m)"
-  if [ -r /etc/os-release ]; then
-    codename="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release | tr -d '"')"
+  local os_release="${ALL_EDGE_OS_RELEASE:-/etc/os-release}"  # tests may point elsewhere
+  if [ -r "$os_release" ]; then
+    codename="$(sed -n 's/^VERSION_CODENAME=//p' "$os_release" | tr -d '"')"
   fi
   local want_os want_hint problems=()
   if [ "$HW" = ncs2 ]; then

@@ -296,7 +296,11 @@ def main() -> int:
         "run, in one process: decode + inference per image, serial, and with decoding spread "
         "over two threads. Bound and daemon runs alternate "
         f"{repeats} times and medians are shown, because the machine is shared (other "
-        "processes' load moves every figure). A Raspberry Pi 4 is several times slower.", "",
+        "processes' load moves every figure). The bound leaves out what the daemon does per "
+        "input besides decoding and inference (claim rename and open-for-writing check, "
+        "sha256, thumbnail, group-committed fsync'd journal write, archive rename, a log "
+        "line), all on the same two cores that OpenVINO uses. A Raspberry Pi 4 is several "
+        "times slower.", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load']} at the start "
         f"(shared machine), Python {m['python']}; {m['packages']}; "
         f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",

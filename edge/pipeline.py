@@ -201,14 +201,16 @@ class Pipeline:
         """Queue a job; blocks while full up to `timeout` (None = forever) then raises Busy."""
         if not self._accepting:
             raise Stopped("the pipeline is stopping")
-        try:
-            self._intake.put(job, timeout=timeout)
-        except queue.Full:
-            raise Busy(f"{self.depth} inputs queued; try again later") from None
         with self._lock:
             if self.depth == 0:
                 self.last_progress = time.monotonic()  # idle until now: not a stall
             self.submitted += 1
+        try:
+            self._intake.put(job, timeout=timeout)
+        except queue.Full:
+            with self._lock:
+                self.submitted -= 1
+            raise Busy(f"{self.depth} inputs queued; try again later") from None
 
     # ------------------------------------------------------------------ stages
 
