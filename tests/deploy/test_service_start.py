@@ -6,8 +6,10 @@ How the unit is played without systemd, and what that cannot cover: see unit_run
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ from typing import Iterator, Optional
 
 import pytest
 
-from tests.deploy.staging import run_install
+from tests.deploy.staging import run_install, unit_values
 from tests.deploy.unit_runner import free_port, start_like_unit, stop
 
 pytestmark = pytest.mark.slow
@@ -75,6 +77,17 @@ def test_daemon_started_like_the_unit_reaches_ready(staged: Path, tmp_path: Path
         while time.monotonic() < deadline and not list((data_dir / "archive").rglob("*cell.bmp")):
             time.sleep(0.2)
         assert list((data_dir / "archive").rglob("*cell.bmp")), log_path.read_text()[-4000:]
+
+        # `systemctl reload` runs the unit's ExecReload= with $MAINPID: the model is compiled again
+        (reload_cmd,) = unit_values((root / "etc/systemd/system/all-edge.service").read_text(),
+                                    "ExecReload")
+        argv = [a.replace("$MAINPID", str(proc.pid)) for a in shlex.split(reload_cmd)]
+        subprocess.run(argv, check=True, timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "model reloaded" not in log_path.read_text():
+            time.sleep(0.2)
+        assert "model reloaded" in log_path.read_text()
+        assert proc.poll() is None
 
         proc.send_signal(signal.SIGTERM)
         assert notify.wait_for("STOPPING", "1", time.monotonic() + 30, proc) == proc.pid

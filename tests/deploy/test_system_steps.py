@@ -11,9 +11,10 @@ in which order, and what it does when a start fails; it is no proof that they wo
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -49,6 +50,12 @@ FAKES = {
 }
 
 
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "root"
+    shutil.rmtree(tmp_path / "root", ignore_errors=True)  # releases with venvs: ~1 GB
+
+
 class FakeSystem:
     def __init__(self, tmp: Path, root: Path) -> None:
         self.bin, self.state, self.log, self.root = tmp / "bin", tmp / "state", tmp / "log", root
@@ -81,9 +88,8 @@ def broken(src: Path) -> Path:
     return src
 
 
-def test_system_steps_start_and_rollback(tmp_path: Path, source: Path,
+def test_system_steps_start_and_rollback(tmp_path: Path, root: Path, source: Path,
                                          wheelhouse: Path) -> None:
-    root = tmp_path / "root"
     fake = FakeSystem(tmp_path, root)
 
     def install(*args: str, src: Path = source, check: bool = True):
@@ -128,7 +134,9 @@ def test_system_steps_start_and_rollback(tmp_path: Path, source: Path,
     assert fake.is_("active") and fake.is_("enabled")
 
     # a good upgrade switches and restarts once
-    proc = install("--upgrade", src=copy_source(tmp_path / "v2"))
+    v2 = copy_source(tmp_path / "v2")
+    (v2 / "docs" / "v2.md").write_text("# new code\n")
+    proc = install("--upgrade", src=v2)
     assert (root / "opt/all-edge/current").resolve() != good
     assert [c for c in fake.new_calls() if c.startswith("systemctl")] == [
         "systemctl restart all-edge"]
@@ -141,9 +149,8 @@ def test_system_steps_start_and_rollback(tmp_path: Path, source: Path,
     assert not fake.is_("enabled") and not fake.is_("active")
 
 
-def test_a_fresh_install_that_does_not_start_is_left_disabled(tmp_path: Path, wheelhouse: Path
-                                                              ) -> None:
-    root = tmp_path / "root"
+def test_a_fresh_install_that_does_not_start_is_left_disabled(tmp_path: Path, root: Path,
+                                                              wheelhouse: Path) -> None:
     fake = FakeSystem(tmp_path, root)
     proc = run_install(root, src=broken(copy_source(tmp_path / "src")), wheelhouse=wheelhouse,
                        env=fake.env, check=False)
