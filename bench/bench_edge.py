@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -35,27 +33,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import Machine, add_write_args, write_section  # noqa: E402
 from edge import imaging  # noqa: E402
 from edge.inference import Classifier  # noqa: E402
 
 CNMC = REPO.parent / "shared" / "data" / "cnmc-sample"
 MODEL = REPO / "models" / "default" / "model.xml"
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- edge-daemon:begin -->", "<!-- edge-daemon:end -->"
-
-
-def machine() -> Dict[str, str]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
-    versions = {}
-    for pkg in ("openvino", "opencv-python-headless", "numpy", "watchdog"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "-"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "packages": ", ".join(f"{k} {v}" for k, v in versions.items())}
+SECTION = "edge-daemon"
 
 
 def synthetic_field(seed: int) -> bytes:
@@ -236,10 +220,11 @@ def median_of(runs: List[Dict[str, float]]) -> Dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    add_write_args(ap)
     ap.add_argument("--n", type=int, default=500, help="files per throughput run")
     ap.add_argument("--repeats", type=int, default=3, help="alternating bound/daemon runs")
     args = ap.parse_args()
+    m = Machine(["openvino", "opencv-python-headless", "numpy", "watchdog"])
     cells = [(p.name, p.read_bytes()) for p in sorted(CNMC.glob("fold_*/*/*.bmp"))]
     fields = [(f"synthetic_field_{i}.jpg", synthetic_field(i)) for i in range(4)]
     clf = Classifier(MODEL, ["CPU"])
@@ -259,7 +244,6 @@ def main() -> int:
         lat0 = latency(t / "c", cells, 40, settle=0.0, gap=0.1)
         lat1 = latency(t / "d", cells, 20, settle=1.0, gap=0.2)
         shutil.rmtree(t, ignore_errors=True)
-    m = machine()
     rows = [
         ("C-NMC cell 450x450 BMP: decode / inference (median)",
          f"{b_cells['decode_ms']:.2f} ms / {b_cells['infer_ms']:.2f} ms"),
@@ -301,24 +285,14 @@ def main() -> int:
         "sha256, thumbnail, group-committed fsync'd journal write, archive rename, a log "
         "line), all on the same two cores that OpenVINO uses. A Raspberry Pi 4 is several "
         "times slower.", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load']} at the start "
-        f"(shared machine), Python {m['python']}; {m['packages']}; "
-        f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+        m.line(), "",
         "| what | value |", "|---|---|",
         *[f"| {a} | {b} |" for a, b in rows], "",
     ]
     text = "\n".join(lines)
     print(text)
     if args.write:
-        block = f"{BEGIN}\n{text}{END}\n"
-        doc = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\n"
-        if BEGIN in doc and END in doc:
-            head, rest = doc.split(BEGIN, 1)
-            doc = head + block + rest.split(END, 1)[1].lstrip("\n")
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + block
-        DOC.write_text(doc, encoding="utf-8")
-        print(f"updated {DOC}")
+        print(f"updated {write_section(SECTION, text, args.doc)}")
     return 0
 
 

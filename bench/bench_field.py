@@ -13,12 +13,9 @@ CC BY 3.0). Model: models/default (trained on synthetic data). Research use only
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Dict, List
 
@@ -28,6 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import Machine, add_write_args, write_section  # noqa: E402
 from edge import imaging  # noqa: E402
 from edge.analysis.crop import square_crop  # noqa: E402
 from edge.analysis.detect import detect_cells  # noqa: E402
@@ -39,23 +37,8 @@ from tests.camera.fields import recording_white_cells  # noqa: E402
 
 CNMC = REPO.parent / "shared" / "data" / "cnmc-sample"
 MODEL = REPO / "models" / "default" / "model.xml"
-DOC = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- field-analysis:begin -->", "<!-- field-analysis:end -->"
+SECTION = "field-analysis"
 RADIUS = 40  # px: a detection matches an annotated centre this close (as in tests/camera)
-
-
-def machine() -> Dict[str, str]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
-    versions = {}
-    for pkg in ("openvino", "opencv-python-headless", "numpy"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = "-"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "packages": ", ".join(f"{k} {v}" for k, v in versions.items())}
 
 
 def fields(n: int, seed: int) -> List[Dict]:
@@ -77,6 +60,7 @@ def ms(values: List[float]) -> str:
 
 
 def run(n: int, seed: int, reps: int) -> str:
+    m = Machine(["openvino", "opencv-python-headless", "numpy"])
     cfg = AnalysisConfig()
     clf = Classifier(MODEL, ["CPU"])
     data = fields(n, seed)
@@ -113,10 +97,11 @@ def run(n: int, seed: int, reps: int) -> str:
     cnmc_cfg = AnalysisConfig(min_cell_diameter_px=60, max_cell_diameter_px=440)
     exact = sum(1 for p in cnmc if len(detect_cells(cv2.imread(str(p)), cnmc_cfg)) == 1)
 
-    m = machine()
     return (
-        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, load {m['load']}; "
-        f"{m['packages']}. Model: {clf.meta.name} {clf.meta.version} on {clf.device}. "
+        "## Field analysis (`cells` mode)\n\n"
+        "`bench/bench_field.py`: per field, each step timed separately and then the whole "
+        "analyzer as the daemon runs it, in the same run.\n\n"
+        f"{m.line()} Model: {clf.meta.name} {clf.meta.version} on {clf.device}. "
         f"{n} SYNTHETIC 2592x1944 fields from `trainer.synth` (seed {seed}), "
         f"{total_cells} white cells detected (median {statistics.median(counts):.0f} per field).\n\n"
         f"| step (per field: fastest of {reps} runs, median over fields) | ms |\n|---|---|\n"
@@ -143,7 +128,7 @@ def main() -> int:
     ap.add_argument("--fields", type=int, default=20)
     ap.add_argument("--seed", type=int, default=20261122)
     ap.add_argument("--reps", type=int, default=3, help="timing runs per field (fastest counts)")
-    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    add_write_args(ap)
     args = ap.parse_args()
     if not MODEL.is_file():
         print(f"{MODEL} is missing: make the demo model first", file=sys.stderr)
@@ -151,14 +136,7 @@ def main() -> int:
     text = run(args.fields, args.seed, max(1, args.reps))
     print(text)
     if args.write:
-        block = f"{BEGIN}\n## Field analysis (`cells` mode)\n\n{text}{END}\n"
-        doc = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n\n"
-        if BEGIN in doc and END in doc:
-            head, rest = doc.split(BEGIN, 1)
-            doc = head + block + rest.split(END, 1)[1].lstrip("\n")
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + block
-        DOC.write_text(doc, encoding="utf-8")
+        print(f"updated {write_section(SECTION, text, args.doc)}")
     return 0
 
 

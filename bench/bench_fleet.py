@@ -4,42 +4,27 @@ Each device is a real HiasComponent with its own paho client and SQLite journal 
 this process); a HIAS-style listener counts what arrives. Reports msg/s end to end (journal
 commit -> PUBACK-marked outbox -> listener) and lost messages. Results are synthetic.
 
-    .venv/bin/python bench/bench_fleet.py [--clients 50 100] [--per-client 20]
+    .venv/bin/python bench/bench_fleet.py [--clients 50 100] [--per-client 20] [--write]
+
+Exit status 1 if any message was lost (the section is still written: a loss is a result).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import Machine, add_write_args, write_section  # noqa: E402
 from tests.hias.broker import MOSQUITTO, Broker, make_passwords, make_pki  # noqa: E402
 from tests.hias.fleet import run_fleet  # noqa: E402
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
+SECTION = "fleet"
 
 
 def mosquitto_version() -> str:
@@ -51,14 +36,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[50, 100])
     ap.add_argument("--per-client", type=int, default=20)
+    add_write_args(ap)
     args = ap.parse_args()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.machine()}, "
-          f"Python {platform.python_version()}, paho-mqtt {version('paho-mqtt')}, "
-          f"mosquitto {mosquitto_version()}, psutil {version('psutil')}")
-    print("broker: local Mosquitto, TLS 1.2, password auth, QoS 1; results synthetic\n")
-    print(f"{'devices':>8} {'results':>8} {'received':>9} {'lost':>5} {'seconds':>8} "
-          f"{'msg/s':>8}")
-    worst = 0
+    m = Machine(["paho-mqtt", "psutil"], {"mosquitto": mosquitto_version()})
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         tmpdir = Path(tmp)
         pki = make_pki(tmpdir / "pki")
@@ -71,10 +52,26 @@ def main() -> int:
                               per_client=args.per_client)
             finally:
                 broker.stop()
-            worst = max(worst, r["lost"])
-            print(f"{n:>8} {r['sent']:>8} {r['unique']:>9} {r['lost']:>5} "
-                  f"{r['seconds']:>8.2f} {r['msg_per_s']:>8.0f}")
-    return 1 if worst else 0
+            rows.append(r)
+            print(f"{n} devices: {r['msg_per_s']:.0f} msg/s, {r['lost']} lost", file=sys.stderr)
+    text = "\n".join([
+        "## Fleet (HIAS over MQTT)", "",
+        "`bench/bench_fleet.py`: N simulated edge devices, each a real HiasComponent with its own "
+        "paho client and SQLite journal (threads in one process), against one local Mosquitto "
+        "(TLS 1.2, password auth, QoS 1); a HIAS-style listener counts what arrives. End to end: "
+        "journal commit -> PUBACK-marked outbox -> broker -> listener. Results are synthetic. "
+        "Fleet sizes run one after the other in the same run.", "",
+        m.line(), "",
+        "| devices | results sent | received (unique) | lost | seconds | msg/s |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *[f"| {r['clients']} | {r['sent']} | {r['unique']} | {r['lost']} | {r['seconds']:.2f} | "
+          f"{r['msg_per_s']:.0f} |" for r in rows],
+        "",
+    ])
+    print(text)
+    if args.write:
+        print(f"updated {write_section(SECTION, text, args.doc)}")
+    return 1 if any(r["lost"] for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -4,13 +4,12 @@ Two figures per architecture: the full input pipeline the trainer uses (decode c
 augmentation + edge.preprocess + tf.data) and model.fit on tensors already in memory (the model's
 own cost). The first epoch (graph tracing) is excluded; the median of the others is reported.
 
-    .venv/bin/python bench/bench_train.py [--n 160] [--epochs 3] [--batch-size 16] [--arch paper cnmc2x2]
+    .venv/bin/python bench/bench_train.py [--n 160] [--epochs 3] [--batch-size 16] [--arch paper cnmc2x2] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -19,6 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import Machine, add_write_args, write_section  # noqa: E402
+
+SECTION = "training"
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,9 +29,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (first is warm-up)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--arch", nargs="+", default=["paper", "cnmc2x2"])
+    add_write_args(ap)
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the first is warm-up)")
+    m = Machine(["tensorflow", "keras", "numpy", "opencv-python-headless"])
 
     from trainer.env import environment, setup_tensorflow
 
@@ -52,7 +57,6 @@ def main() -> int:
             self.times.append(time.perf_counter() - self.t0)
 
     env = environment()
-    loadavg = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -75,18 +79,21 @@ def main() -> int:
                 med = statistics.median(timer.times[1:])
                 rows.append((arch, mode, model.count_params(), args.n / med))
 
-    pk = env["packages"]
-    print("# Trainer training throughput (SYNTHETIC ALL-IDB2 cells, 100x100x3 input)")
-    print(f"machine: {env['cpu']}, {env['cores']} cores; Python {env['python']}; {env['platform']}")
-    print(f"tensorflow {pk['tensorflow']}, keras {pk['keras']}, oneDNN enabled={env['onednn'].get('enabled')}, "
-          f"GPUs {env['gpus'] or 'none'}; numpy {pk['numpy']}, opencv {pk['opencv-python-headless']}")
-    print(f"load average before the run: {loadavg[0]:.2f} (other processes share these cores)")
-    print(f"n={args.n} images, batch {args.batch_size}, median of epochs 2..{args.epochs}")
-    print()
-    print(f"| {'arch':8} | {'feed':18} | {'params':>8} | {'images/s':>9} |")
-    print(f"|{'-' * 10}|{'-' * 20}|{'-' * 10}|{'-' * 11}|")
-    for arch, mode, params, ips in rows:
-        print(f"| {arch:8} | {mode:18} | {params:>8,} | {ips:>9.1f} |")
+    text = "\n".join([
+        "## Training (trainer, TensorFlow)", "",
+        "`bench/bench_train.py`: training throughput on SYNTHETIC ALL-IDB2 cells (100x100x3 input), "
+        "per architecture the trainer's full input pipeline (decode cache + on-the-fly augmentation "
+        "+ `edge.preprocess` + tf.data) next to `model.fit` on tensors already in memory (the "
+        "model's own cost), in the same run. The first epoch (graph tracing) is excluded.", "",
+        f"{m.line()} oneDNN enabled={env['onednn'].get('enabled')}, GPUs {env['gpus'] or 'none'}.", "",
+        f"n={args.n} images, batch {args.batch_size}, median of epochs 2..{args.epochs}.", "",
+        "| arch | feed | params | images/s |", "|---|---|---:|---:|",
+        *[f"| {arch} | {mode} | {params:,} | {ips:.1f} |" for arch, mode, params, ips in rows],
+        "",
+    ])
+    print(text)
+    if args.write:
+        print(f"updated {write_section(SECTION, text, args.doc)}")
     return 0
 
 

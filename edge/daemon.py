@@ -164,6 +164,7 @@ class Daemon:
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping",
                                              daemon=True)
         self._housekeeper.start()
+        self._install_signal_handlers()
         self.ready = True
         self.notifier.notify(READY=1, STATUS=self.summary())
         log.info("ready: %s", self.summary())
@@ -176,11 +177,17 @@ class Daemon:
         self._reload_requested = True
         self._wake.set()
 
-    def run(self) -> int:
-        """Main loop until SIGTERM/SIGINT; returns the exit code."""
+    def _install_signal_handlers(self) -> None:
+        """Before READY=1, so a `systemctl reload` right after start reloads instead of killing us."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded (tests, tools): the host owns signals
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def run(self) -> int:
+        """Main loop until SIGTERM/SIGINT; returns the exit code."""
+        self._install_signal_handlers()
         wd = self.notifier.watchdog_interval()
         tick = min(wd, 5.0) if wd else 5.0
         last_status = ""
@@ -316,6 +323,10 @@ class Daemon:
         checks = [self._model_check(), self._device_check(), self._pipeline_check()]
         if not self.config.sources.folder.enabled:
             checks.append(HealthCheck("folder source", "disabled", "sources.folder.enabled=false"))
+        if not self.config.sources.camera.enabled:
+            checks.append(HealthCheck("camera", "disabled", "sources.camera.enabled=false"))
+        if not self.config.hias.enabled:
+            checks.append(HealthCheck("hias", "disabled", "HIAS publishing is off (hias.enabled=false)"))
         checks += [self._disk_check(), self._temperature_check()]
         for c in self.components:
             try:

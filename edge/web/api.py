@@ -56,11 +56,16 @@ def result(result_id: str):
     return jsonify(_result_or_404(current(), result_id))
 
 
+def _annotated_arg() -> bool:
+    """`?annotated=1`: the analyzer's overlay (cells mode) instead of the archived input."""
+    return request.args.get("annotated", "0").lower() not in ("0", "", "false", "no")
+
+
 @bp.get("/api/v1/results/<result_id>/image")
 def result_image(result_id: str):
     ctx = current()
     res = _result_or_404(ctx, result_id)
-    annotated = request.args.get("annotated", "0") not in ("0", "", "false", "no")
+    annotated = _annotated_arg()
     path = images.find_image(ctx.daemon.journal, res["id"], ctx.data_dir,
                              "annotated" if annotated else "image")
     if path is None:
@@ -71,20 +76,27 @@ def result_image(result_id: str):
 
 @bp.get("/api/v1/results/<result_id>/thumb")
 def result_thumb(result_id: str):
+    """The input's 160 px thumbnail, or with `?annotated=1` a 320 px one of the overlay."""
     ctx = current()
     res = _result_or_404(ctx, result_id)
     journal = ctx.daemon.journal
-    made = images.find_image(journal, res["id"], ctx.data_dir, "thumb")
-    if made is not None:  # the pipeline already wrote one
-        return send_file(made, mimetype=images.mimetype_for(made), max_age=86400)
-    path = images.find_image(journal, res["id"], ctx.data_dir, "image")
+    annotated = _annotated_arg()
+    if not annotated:
+        made = images.find_image(journal, res["id"], ctx.data_dir, "thumb")
+        if made is not None:  # the pipeline already wrote one
+            return send_file(made, mimetype=images.mimetype_for(made), max_age=86400)
+    path = images.find_image(journal, res["id"], ctx.data_dir,
+                             "annotated" if annotated else "image")
     if path is None:
-        raise ApiError(404, "no_image", f"no archived input image for result {result_id}")
+        what = "annotated image" if annotated else "archived input image"
+        raise ApiError(404, "no_image", f"no {what} for result {result_id}")
+    size = images.ANNOTATED_THUMB_SIZE if annotated else images.THUMB_SIZE
     try:
-        cache = images.thumb_cache_path(ctx.thumbs_dir, res) if ctx.thumbs_dir else None
-        data = images.thumbnail(path, cache, ctx.server.max_pixels)
+        cache = images.thumb_cache_path(ctx.thumbs_dir, res, annotated) \
+            if ctx.thumbs_dir else None
+        data = images.thumbnail(path, cache, ctx.server.max_pixels, size)
     except ImageError as exc:
-        raise ApiError(404, "no_image", f"the archived image cannot be shown: {exc.message}") \
+        raise ApiError(404, "no_image", f"the stored image cannot be shown: {exc.message}") \
             from None
     resp = Response(data, mimetype="image/jpeg")
     resp.cache_control.max_age = 86400

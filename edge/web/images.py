@@ -18,6 +18,7 @@ from edge import imaging
 from edge.pipeline import THUMB_SIZE
 from edge.pipeline import thumbnail as make_thumbnail
 
+ANNOTATED_THUMB_SIZE = 320  # boxes stay visible; the page shows it at 2x density on phones
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
@@ -51,22 +52,26 @@ def mimetype_for(path: Path) -> str:
     return MIME.get(path.suffix.lower(), "application/octet-stream")
 
 
-def thumb_cache_path(thumbs_dir: Path, result: Mapping[str, Any]) -> Path:
-    """`thumbs/YYYY-MM-DD/<id>.jpg`: the pipeline's layout, so retention prunes ours too."""
+def thumb_cache_path(thumbs_dir: Path, result: Mapping[str, Any], annotated: bool = False
+                     ) -> Path:
+    """`thumbs/YYYY-MM-DD/<id>.jpg` (`<id>.annotated.jpg` for the overlay's): the pipeline's
+    layout, so retention prunes ours too."""
     day = str(result.get("time") or "")[:10]
-    return thumbs_dir / (day if DAY_RE.match(day) else "undated") / f"{result['id']}.jpg"
+    name = f"{result['id']}.annotated.jpg" if annotated else f"{result['id']}.jpg"
+    return thumbs_dir / (day if DAY_RE.match(day) else "undated") / name
 
 
-def thumbnail(source: Path, cached: Optional[Path], max_pixels: int) -> bytes:
-    """JPEG bytes of a <=160 px thumbnail; cached atomically at `cached` when given.
+def thumbnail(source: Path, cached: Optional[Path], max_pixels: int,
+              size: int = THUMB_SIZE) -> bytes:
+    """JPEG bytes of a <=`size` px thumbnail; cached atomically at `cached` when given.
 
     Raises `imaging.ImageError` when the archived file cannot be decoded.
     """
     if cached is not None and cached.is_file():
         return cached.read_bytes()
     image = imaging.decode(source.read_bytes(), max_pixels=max_pixels,
-                           target=(THUMB_SIZE, THUMB_SIZE))
-    data = make_thumbnail(image, THUMB_SIZE)  # the pipeline's own thumbnail, same look
+                           target=(size, size))
+    data = make_thumbnail(image, size)  # the pipeline's own thumbnail, same look
     if data is None:
         raise imaging.ImageError("undecodable", "could not encode a thumbnail")
     if cached is not None:

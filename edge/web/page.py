@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Set, Tuple
 
 from flask import Blueprint, render_template
 
 from edge import DISCLAIMER
+from edge.web import images
 from edge.web.context import WebContext, current
 
 log = logging.getLogger("edge.web")
@@ -41,6 +42,20 @@ def model_info(ctx: WebContext, status: Mapping[str, Any]) -> Dict[str, Any]:
     return info
 
 
+def annotated_ids(ctx: WebContext, recent: List[Dict[str, Any]]) -> Set[str]:
+    """Ids of the listed results whose analyzer overlay is still on disk (cells mode)."""
+    found: Set[str] = set()
+    for r in recent:
+        if r.get("status") != "ok" or r.get("analysis") != "cells":
+            continue
+        try:
+            if images.find_image(ctx.daemon.journal, str(r["id"]), ctx.data_dir, "annotated"):
+                found.add(str(r["id"]))
+        except Exception as exc:  # a journal hiccup costs the link, not the page
+            log.warning("journal.files(%s) failed: %s", r.get("id"), exc)
+    return found
+
+
 def _numbers(d: Any) -> Dict[str, Any]:
     return {str(k): v for k, v in d.items() if isinstance(v, (int, float))} \
         if isinstance(d, Mapping) else {}
@@ -56,6 +71,16 @@ def counter_rows(ctx: WebContext, status: Mapping[str, Any]) -> List[Tuple[str, 
             log.warning("journal.counters() failed: %s", exc)
     names = list(since) + [k for k in totals if k not in since]
     return [(k, since.get(k, ""), totals.get(k, "")) for k in names]
+
+
+def positive_label(ctx: WebContext, status: Mapping[str, Any]) -> str:
+    """The label the overlay boxes in red (model.json `positive_label`)."""
+    st_model = status.get("model")
+    label = st_model.get("positive_label") if isinstance(st_model, Mapping) else None
+    if not label:
+        meta = getattr(getattr(ctx.daemon, "classifier", None), "meta", None)
+        label = getattr(meta, "positive_label", None)
+    return str(label or "positive")
 
 
 def overall(health: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -85,6 +110,8 @@ def index():
         overall=overall(health),
         counters=counter_rows(ctx, status),
         recent=recent,
+        annotated=annotated_ids(ctx, recent),
+        positive_label=positive_label(ctx, status),
         disclaimer=DISCLAIMER,
         refresh=REFRESH_SECONDS,
         now=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
