@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import Machine, add_write_args, write_section  # noqa: E402
+from bench.machine import Machine, add_write_args, exit_on_sigterm, write_section  # noqa: E402
 from edge import imaging  # noqa: E402
 from edge.inference import Classifier  # noqa: E402
 
@@ -224,6 +224,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=500, help="files per throughput run")
     ap.add_argument("--repeats", type=int, default=3, help="alternating bound/daemon runs")
     args = ap.parse_args()
+    exit_on_sigterm()
     m = Machine(["openvino", "opencv-python-headless", "numpy", "watchdog"])
     cells = [(p.name, p.read_bytes()) for p in sorted(CNMC.glob("fold_*/*/*.bmp"))]
     fields = [(f"synthetic_field_{i}.jpg", synthetic_field(i)) for i in range(4)]
@@ -277,9 +278,9 @@ def main() -> int:
         "synchronous=FULL), real default model on CPU, inputs renamed into the inbox. "
         "Real C-NMC 2019 cells (Gupta & Gupta 2019, TCIA, doi 10.7937/tcia.2019.dc64i46r, "
         "CC BY 3.0) and synthetic 2592x1944 JPEG fields. The bound is measured in the same "
-        "run, in one process: decode + inference per image, serial, and with decoding spread "
-        "over two threads. Bound and daemon runs alternate "
-        f"{repeats} times and medians are shown, because the machine is shared (other "
+        "run, in one process: decode + inference per image, serial, and (computed from the same "
+        "medians) with decoding spread over two threads. Bound and daemon runs alternate in "
+        f"{repeats} round(s) and medians are shown, because the machine is shared (other "
         "processes' load moves every figure). The bound leaves out what the daemon does per "
         "input besides decoding and inference (claim rename and open-for-writing check, "
         "sha256, thumbnail, group-committed fsync'd journal write, archive rename, a log "

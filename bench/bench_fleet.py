@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import Machine, add_write_args, write_section  # noqa: E402
+from bench.machine import Machine, add_write_args, exit_on_sigterm, write_section  # noqa: E402
 from tests.hias.broker import MOSQUITTO, Broker, make_passwords, make_pki  # noqa: E402
 from tests.hias.fleet import run_fleet  # noqa: E402
 
@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--per-client", type=int, default=20)
     add_write_args(ap)
     args = ap.parse_args()
+    exit_on_sigterm()
     m = Machine(["paho-mqtt", "psutil"], {"mosquitto": mosquitto_version()})
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import Machine, add_write_args, write_section  # noqa: E402
+from bench.machine import Machine, add_write_args, exit_on_sigterm, write_section  # noqa: E402
 
 SECTION = "training"
 
@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--arch", nargs="+", default=["paper", "cnmc2x2"])
     add_write_args(ap)
     args = ap.parse_args()
+    exit_on_sigterm()
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the first is warm-up)")
     m = Machine(["tensorflow", "keras", "numpy", "opencv-python-headless"])

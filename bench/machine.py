@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -60,6 +62,12 @@ def add_write_args(ap: argparse.ArgumentParser) -> None:
     """The same --write / --doc flags on every bench."""
     ap.add_argument("--write", action="store_true", help="also replace this bench's section of --doc")
     ap.add_argument("--doc", type=Path, default=DOC, help=f"Markdown file to update (default {DOC})")
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (run_all's timeout) becomes SystemExit, so temporary folders, the daemon and the
+    broker a bench started are cleaned up by its `finally` blocks."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def write_section(name: str, text: str, doc: Path = DOC) -> Path:

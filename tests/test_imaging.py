@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import cv2
 import numpy as np
 import pytest
 
 from edge import imaging
 from edge.imaging import ImageError
+from tests.util import png_header_only
 
 
 def _encode(ext: str, img: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(ext, img)
     assert ok
     return buf.tobytes()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height: the header is all a bomb needs."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture()
@@ -71,7 +60,7 @@ def test_truncated_jpeg_is_rejected(field: np.ndarray) -> None:
 
 def test_pixel_bomb_rejected_from_header_alone() -> None:
     with pytest.raises(ImageError) as exc:
-        imaging.decode(_png_header_only(30000, 30000))
+        imaging.decode(png_header_only(30000, 30000))
     assert exc.value.reason == "too_many_pixels"
     assert "30000x30000" in exc.value.message
 

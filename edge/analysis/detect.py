@@ -14,8 +14,8 @@ same boxes); boxes are returned in full-resolution pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -30,6 +30,8 @@ MIN_SOLIDITY = 0.6  # area / convex hull area; stain smears and debris are ragge
 MAX_ASPECT = 3.5  # long / short side of the rotated box
 LOCAL_FRACTION = 0.5  # within a blob, nucleus pixels stain at least half its 90th percentile
 RELATIVE_STAIN = 0.65  # drop blobs stained weaker than this fraction of the strongest nucleus
+CELL_REGION_FRACTION = 0.5  # cytoplasm and bridges: stain >= this fraction of the nucleus threshold
+FRAGMENT_GAP = 1.0  # a fragment lies within this many host-nucleus radii of the host's edge
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,15 @@ def _refine(mask: np.ndarray, stain: np.ndarray) -> np.ndarray:
     return out
 
 
+def stain_threshold(stain: np.ndarray) -> float:
+    """Global nucleus threshold: Otsu, but never below the contrast floor."""
+    otsu, _ = cv2.threshold(stain, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return max(float(otsu), float(MIN_STAIN_CONTRAST))
+
+
 def nucleus_mask(stain: np.ndarray, min_diameter: float) -> np.ndarray:
     """Binary mask of stained nuclei: Otsu with a contrast floor, then a per-blob threshold."""
-    otsu, _ = cv2.threshold(stain, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    _, mask = cv2.threshold(stain, max(otsu, MIN_STAIN_CONTRAST), 255, cv2.THRESH_BINARY)
+    _, mask = cv2.threshold(stain, stain_threshold(stain), 255, cv2.THRESH_BINARY)
     mask = _clean(mask, min_diameter)
     return _clean(_refine(mask, stain), min_diameter)
 
@@ -141,10 +148,116 @@ def _accept(contour: np.ndarray, min_d: float, max_d: float) -> bool:
     return min(rw, rh) > 0 and max(rw, rh) / min(rw, rh) <= MAX_ASPECT
 
 
+def cell_regions(stain: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+    """int32 labels of stained regions (nuclei plus the fainter cytoplasm and bridges around
+    them): two nuclei share a label only if stained material connects them."""
+    faint = (stain >= CELL_REGION_FRACTION * stain_threshold(stain)).astype(np.uint8)
+    _, labels = cv2.connectedComponents(faint | (nuclei > 0).astype(np.uint8))
+    return labels
+
+
+@dataclass
+class _Blob:
+    """A connected piece of the nucleus mask, in working-copy pixels."""
+
+    image: np.ndarray  # uint8 0/255, padded by PAD, origin at `offset`
+    offset: Tuple[int, int]
+    contour: np.ndarray  # in working-copy pixels
+    peak: float  # distance-transform maximum: the radius of its widest part
+    region: int  # label in `cell_regions`
+    strength: float  # mean stain
+
+
+@dataclass
+class _Nucleus:
+    """An accepted nucleus (one watershed part) and the fragments merged into its cell."""
+
+    contour: np.ndarray  # in working-copy pixels
+    strength: float  # mean stain
+    peak: float  # of the blob it was split from
+    region: int
+    fragments: List[np.ndarray] = field(default_factory=list)
+
+
+PAD = 2  # px of background around a blob image, so that its distance transform sees an edge
+
+
+def _roi(padded_stain: np.ndarray, blob_image: np.ndarray, offset: Tuple[int, int]) -> np.ndarray:
+    """The stain under a blob image (`padded_stain` is the stain padded by PAD)."""
+    (ox, oy), (h, w) = offset, blob_image.shape
+    return padded_stain[oy + PAD:oy + PAD + h, ox + PAD:ox + PAD + w]
+
+
+def _blobs(mask: np.ndarray, regions: np.ndarray, padded_stain: np.ndarray,
+           min_d: float) -> List[_Blob]:
+    out = []
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for contour in contours:
+        if math.sqrt(4 * cv2.contourArea(contour) / math.pi) < min_d:
+            continue  # debris: not worth a distance transform
+        x, y, w, h = cv2.boundingRect(contour)
+        image = np.zeros((h + 2 * PAD, w + 2 * PAD), np.uint8)
+        cv2.drawContours(image, [contour], -1, 255, cv2.FILLED, offset=(PAD - x, PAD - y))
+        peak = float(cv2.distanceTransform(image, cv2.DIST_L2, 5).max())
+        px, py = contour[0, 0]  # on the blob's edge, so inside its region
+        offset = (x - PAD, y - PAD)
+        strength = float(cv2.mean(_roi(padded_stain, image, offset), mask=image)[0])
+        out.append(_Blob(image, offset, contour, peak, int(regions[py, px]), strength))
+    return out
+
+
+def _nuclei(blob: _Blob, padded_stain: np.ndarray, min_d: float, max_d: float) -> List[_Nucleus]:
+    """The blob split into touching nuclei; parts failing the size/shape filters are dropped."""
+    ox, oy = blob.offset
+    roi = _roi(padded_stain, blob.image, blob.offset)
+    out = []
+    for part in _split(blob.image):
+        outline, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if not outline:
+            continue
+        c = max(outline, key=cv2.contourArea)
+        if _accept(c, min_d, max_d):
+            out.append(_Nucleus(c + np.array([ox, oy], np.int32),
+                                float(cv2.mean(roi, mask=part)[0]), blob.peak, blob.region))
+    return out
+
+
+def _host(fragment: _Blob, nuclei: List[_Nucleus]) -> Optional[_Nucleus]:
+    """The nucleus whose cell a small blob belongs to, if any: same stained region, stained
+    like a nucleus (not a red cell or cytoplasm), its core too small to seed a nucleus of its
+    own next to that one (the watershed seed rule), and no further than FRAGMENT_GAP of the
+    nucleus's radius from its edge."""
+    best: Optional[_Nucleus] = None
+    best_gap = math.inf
+    points = [(float(x), float(y)) for x, y in fragment.contour[:, 0]]
+    for n in nuclei:
+        if (n.region != fragment.region or fragment.peak >= SPLIT_CORE_FRACTION * n.peak
+                or fragment.strength < RELATIVE_STAIN * n.strength):
+            continue
+        inside = max(cv2.pointPolygonTest(n.contour, p, True) for p in points)
+        gap = max(0.0, -inside)
+        if gap <= FRAGMENT_GAP * n.peak and gap < best_gap:
+            best, best_gap = n, gap
+    return best
+
+
+def _cell(n: _Nucleus, scale: float) -> Cell:
+    """Centre and size of the nucleus; the box also covers the cell's merged fragments."""
+    m = cv2.moments(n.contour)
+    x, y, w, h = cv2.boundingRect(np.concatenate([n.contour, *n.fragments]))
+    return Cell(box=(int(round(x / scale)), int(round(y / scale)),
+                     int(round(w / scale)), int(round(h / scale))),
+                centre=(m["m10"] / m["m00"] / scale, m["m01"] / m["m00"] / scale),
+                diameter=math.sqrt(4 * cv2.contourArea(n.contour) / math.pi) / scale)
+
+
 def detect_cells(image_bgr: np.ndarray, cfg: AnalysisConfig) -> List[Cell]:
     """Nuclei in a field, sorted top-to-bottom then left-to-right (the caller caps the count).
 
-    Raises ValueError for something that is not an HxWx3 uint8 image.
+    A blob whose core is too small to seed a nucleus next to a larger one in the same
+    stained region (a nucleus lobe or fragment joined by cytoplasm or a thin bridge) is part
+    of that cell, not a cell of its own. Raises ValueError for something that is not an
+    HxWx3 uint8 image.
     """
     _check_image(image_bgr)
     scale = work_scale(image_bgr.shape, cfg)
@@ -153,34 +266,26 @@ def detect_cells(image_bgr: np.ndarray, cfg: AnalysisConfig) -> List[Cell]:
     min_d, max_d = cfg.min_cell_diameter_px * scale, cfg.max_cell_diameter_px * scale
     stain = stain_channel(work)
     mask = nucleus_mask(stain, min_d)
-    pad = 2
-    padded = cv2.copyMakeBorder(stain, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    found: List[Tuple[float, Cell]] = []
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        if math.sqrt(4 * cv2.contourArea(contour) / math.pi) < min_d:
-            continue  # debris: not worth a distance transform
-        blob = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
-        cv2.drawContours(blob, [contour], -1, 255, cv2.FILLED, offset=(pad - x, pad - y))
-        roi = padded[y:y + h + 2 * pad, x:x + w + 2 * pad]  # aligned with `blob`
-        for part in _split(blob):
-            outline, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            if not outline:
-                continue
-            c = max(outline, key=cv2.contourArea)
-            if not _accept(c, min_d, max_d):
-                continue
-            px, py, pw, ph = cv2.boundingRect(c)
-            m = cv2.moments(c)
-            cx = (m["m10"] / m["m00"] + x - pad) / scale
-            cy = (m["m01"] / m["m00"] + y - pad) / scale
-            box = (int(round((px + x - pad) / scale)), int(round((py + y - pad) / scale)),
-                   int(round(pw / scale)), int(round(ph / scale)))
-            diameter = math.sqrt(4 * cv2.contourArea(c) / math.pi) / scale
-            strength = float(cv2.mean(roi, mask=part)[0])
-            found.append((strength, Cell(box=box, centre=(cx, cy), diameter=diameter)))
-    strongest = max((s for s, _ in found), default=0.0)
-    cells = [c for s, c in found if s >= RELATIVE_STAIN * strongest]
+    padded = cv2.copyMakeBorder(stain, PAD, PAD, PAD, PAD, cv2.BORDER_CONSTANT, value=0)
+    blobs = _blobs(mask, cell_regions(stain, mask), padded, min_d)
+    largest: Dict[int, float] = {}
+    for b in blobs:
+        largest[b.region] = max(largest.get(b.region, 0.0), b.peak)
+    nuclei: List[_Nucleus] = []
+    fragments = []
+    for b in blobs:
+        if b.peak < SPLIT_CORE_FRACTION * largest[b.region]:
+            fragments.append(b)
+        else:
+            nuclei.extend(_nuclei(b, padded, min_d, max_d))
+    hosts = list(nuclei)  # fragments join nuclei, never other fragments
+    for f in fragments:
+        host = _host(f, hosts)
+        if host is None:
+            nuclei.extend(_nuclei(f, padded, min_d, max_d))  # a small cell of its own
+        else:
+            host.fragments.append(f.contour)
+    strongest = max((n.strength for n in nuclei), default=0.0)
+    cells = [_cell(n, scale) for n in nuclei if n.strength >= RELATIVE_STAIN * strongest]
     cells.sort(key=lambda c: (c.box[1], c.box[0]))
     return cells

@@ -76,7 +76,7 @@ def result_image(result_id: str):
 
 @bp.get("/api/v1/results/<result_id>/thumb")
 def result_thumb(result_id: str):
-    """The input's 160 px thumbnail, or with `?annotated=1` a 320 px one of the overlay."""
+    """The input's 160 px thumbnail, or with `?annotated=1` a 640 px one of the overlay."""
     ctx = current()
     res = _result_or_404(ctx, result_id)
     journal = ctx.daemon.journal

@@ -12,7 +12,7 @@ import pytest
 from edge.config import AnalysisConfig
 from edge.model_meta import InputSpec, ModelMeta
 from tests.camera.fields import recording_white_cells
-from tests.conftest import CNMC_SAMPLE
+from tests.util import cnmc_files
 
 SYNTH_FIELDS = 12  # trainer fields for the detection floor (~1.5 s each to generate here)
 SYNTH_SEED = 20261122
@@ -87,7 +87,4 @@ def synth_fields(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Any
 def cnmc_cells() -> List[Path]:
     """The 71 real C-NMC 2019 cells (Gupta & Gupta 2019, TCIA, doi 10.7937/tcia.2019.dc64i46r,
     CC BY 3.0): one segmented cell on black per image."""
-    files = sorted(CNMC_SAMPLE.glob("fold_*/*/*.bmp"))
-    if len(files) != 71:
-        pytest.fail(f"expected 71 C-NMC sample images in {CNMC_SAMPLE}, found {len(files)}")
-    return files
+    return cnmc_files()

@@ -19,7 +19,8 @@ from edge.sources.camera import (
     capture_name,
     make_backend,
 )
-from tests.camera.util import RecordingDaemon, solid, wait_until, write_video
+from tests.camera.util import RecordingDaemon, solid, write_video
+from tests.util import wait_until
 
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2, "change_poll_seconds": 0.05}
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]  # BGR: blue, green, red frames

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from edge.config import load_config
-from tests.camera.util import solid, wait_until, write_video
+from tests.camera.util import solid, write_video
+from tests.util import wait_until
 
 
 @pytest.fixture

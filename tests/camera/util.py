@@ -1,29 +1,15 @@
-"""Helpers for camera tests: real MJPG videos, a bounded wait, a recording daemon double."""
+"""Helpers for camera tests: real MJPG videos, solid frames, a recording daemon double."""
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
-import pytest
 
 from edge.config import Config
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `pred` every 20 ms; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 5.0) -> Path:

@@ -31,7 +31,8 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.deploy.staging import diff_snapshots, run_install, snapshot
 from tests.deploy.test_unit import SYSTEMD_ANALYZE, security_score, verify_output
-from tests.deploy.unit_runner import free_port, start_like_unit, stop
+from tests.deploy.unit_runner import start_like_unit, stop
+from tests.util import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_py39]
 

@@ -19,7 +19,8 @@ from typing import Iterator, Optional
 import pytest
 
 from tests.deploy.staging import run_install, unit_values
-from tests.deploy.unit_runner import free_port, start_like_unit, stop
+from tests.deploy.unit_runner import start_like_unit, stop
+from tests.util import free_port
 
 pytestmark = pytest.mark.slow
 

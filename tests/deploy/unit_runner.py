@@ -24,12 +24,6 @@ from tests.deploy.staging import unit_values
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def unit_environment(text: str) -> Dict[str, str]:
     env: Dict[str, str] = {}
     for value in unit_values(text, "Environment"):

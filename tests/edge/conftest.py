@@ -8,50 +8,19 @@ import shutil
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 from edge.config import load_config
-from tests.conftest import CNMC_SAMPLE, DEFAULT_MODEL_XML, REPO_ROOT
+from tests.conftest import DEFAULT_MODEL_XML, REPO_ROOT
+from tests.util import wait_until
 
 PY = sys.executable
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
-    """Poll `pred` until truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def cnmc_files() -> List[Path]:
-    """The 71 real C-NMC 2019 cells (Gupta & Gupta 2019, TCIA, CC BY 3.0)."""
-    files = sorted(CNMC_SAMPLE.glob("fold_*/*/*.bmp"))
-    assert len(files) == 71, f"expected 71 C-NMC sample images, found {len(files)}"
-    return files
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (a decompression-bomb shape)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="session")

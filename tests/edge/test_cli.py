@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import List
 
 from tests.conftest import REPO_ROOT
-from tests.edge.conftest import Env, cnmc_files, png_header_only
+from tests.edge.conftest import Env
+from tests.util import cnmc_files, png_header_only
 
 
 def edge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

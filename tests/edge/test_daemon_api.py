@@ -17,7 +17,8 @@ from edge.journal import Journal, new_id, utc_iso
 from edge.pipeline import Busy, Job, Pipeline, Stopped, whole_image
 from edge.retention import Retention, Store, stored_name
 from edge.sources.folder import recover, ulid_time
-from tests.edge.conftest import Env, cnmc_files, png_header_only, wait_until
+from tests.edge.conftest import Env
+from tests.util import cnmc_files, png_header_only, wait_until
 
 
 def slow(delay: float):

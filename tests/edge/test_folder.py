@@ -17,7 +17,8 @@ import pytest
 from edge.daemon import Daemon
 from edge.sources.folder import open_for_writing
 from tests.conftest import CNMC_SAMPLE
-from tests.edge.conftest import Env, cnmc_files, png_header_only, wait_until
+from tests.edge.conftest import Env
+from tests.util import cnmc_files, png_header_only, wait_until
 
 
 @pytest.fixture

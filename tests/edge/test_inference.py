@@ -18,7 +18,7 @@ import pytest
 from edge import inference
 from edge.inference import Classifier, ModelError
 from edge.model_meta import ModelMeta
-from tests.edge.conftest import cnmc_files
+from tests.util import cnmc_files
 
 
 def synthetic_ir(d: Path, in_shape: List[int], n_out: int, meta_shape: List[int],

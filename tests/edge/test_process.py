@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.edge.conftest import Env, cnmc_files, wait_until
+from tests.edge.conftest import Env
+from tests.util import cnmc_files, free_port, wait_until
 
 
 def test_notify_ready_watchdog_status_stopping_and_sigterm(env: Env, daemon_process) -> None:
@@ -159,11 +160,7 @@ def test_kill_9_mid_batch_then_restart_gives_exactly_one_outcome(env: Env,
 def test_ready_only_after_http_is_up(env: Env, daemon_process) -> None:
     """With the HTTP component present, READY=1 means /healthz already answers."""
     pytest.importorskip("edge.web.server")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     d = daemon_process(env, "server.enabled=true", f"server.port={port}")
     d.wait_message("READY=1")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:

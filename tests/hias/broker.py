@@ -17,14 +17,10 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
+from tests.util import free_port
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 USERS = {"edge": "edge-secret-pw", "hias": "hias-listener-pw"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(*cmd: str, cwd: Path) -> None:

@@ -19,9 +19,10 @@ from typing import Any, Dict, List
 import pytest
 
 from edge.config import Config
-from tests.conftest import CNMC_SAMPLE, REPO_ROOT
+from tests.conftest import REPO_ROOT
 from tests.hias.edge_setup import make_config
 from tests.hias.listener import HiasListener
+from tests.util import cnmc_files
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,7 @@ def model_xml(default_model_xml: Path) -> Path:
 
 
 def cells(n: int) -> List[Path]:
-    files = sorted(CNMC_SAMPLE.glob("fold_*/*/*.bmp"))
-    assert len(files) == 71, "the real C-NMC sample is missing; see tests/conftest.py"
+    files = cnmc_files()
     return files[:: max(1, len(files) // n)][:n]
 
 

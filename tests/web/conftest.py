@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import socket
 import struct
 import zlib
 from dataclasses import dataclass
@@ -18,16 +17,11 @@ import pytest
 
 from edge.config import Config
 from edge.web import HttpServer
+from tests.util import free_port
 from tests.web.standin import StandInDaemon
 
 SECRET_ENVS = ("ALL_EDGE_API_PASSWORD", "ALL_EDGE_API_TOKEN", "CREDENTIALS_DIRECTORY")
 USER, PASSWORD, TOKEN = "hias", "pässwörd-Δ-42", "tok-3f9c0d1e2b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

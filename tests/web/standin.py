@@ -25,6 +25,7 @@ class FakeMeta:
     name = "stand-in-fake"
     version = "0"
     synthetic = True
+    positive_label = "ALL"
 
 
 class FakeClassifier:

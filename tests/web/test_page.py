@@ -29,6 +29,12 @@ def chromium_args(tmp_path: Path) -> list:
             "--virtual-time-budget=3000"]
 
 
+def loaded_width(dom: str, src: str) -> int:
+    """naturalWidth the browser reported for the <img> with `src` (its onload stores it), else 0."""
+    m = re.search(rf'<img[^>]*src="{re.escape(src)}"[^>]*data-loaded="(\d+)"', dom)
+    return int(m.group(1)) if m else 0
+
+
 def run_chromium(args: list, timeout: float = 90) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -92,7 +98,7 @@ def test_page_in_headless_chromium_phone(standin, cnmc_cell, tmp_path):
     for check in ("model", "device", "disk", "cpu temperature"):
         assert f'data-check="{check}"' in dom
     assert name in dom and f"p={res['probability']:.3f}" in dom
-    assert re.search(rf'src="/api/v1/results/{res["id"]}/thumb"[^>]*data-loaded="1"', dom), \
+    assert loaded_width(dom, f"/api/v1/results/{res['id']}/thumb") > 0, \
         "the thumbnail did not load in the browser"
     assert "<img src=x" not in dom and "&lt;img src=x" in dom  # the evil name stayed text
     assert 'id="conn">live<' in dom  # the refresh script has not reported a lost daemon
@@ -152,3 +158,92 @@ def test_page_refreshes_itself_and_reports_a_lost_daemon(standin, jpeg_bytes, tm
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(calls) >= 3
     assert 'class="off">OFFLINE: cannot reach the daemon<' in proc.stdout
+
+
+def _record_cells_result(daemon, name: str, annotated: bool) -> str:
+    """A `cells` result journaled the way the pipeline does it (input, thumb-less, overlay).
+
+    Written directly (the stand-in has no analyzer); the real analyzer's output is checked in
+    test_real_daemon.py. The images are small SYNTHETIC drawings, not cells.
+    """
+    import cv2
+    import numpy as np
+
+    from edge.journal import new_id, utc_iso
+
+    rid, now = new_id(), utc_iso()
+    data_dir = Path(daemon.config.storage.data_dir)
+    field = np.full((900, 1200, 3), 200, np.uint8)
+    files = {"image": f"archive/{now[:10]}/{rid}__{name}"}
+    (data_dir / files["image"]).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(data_dir / files["image"]), field)
+    if annotated:
+        overlay = field.copy()
+        cv2.rectangle(overlay, (120, 120), (360, 360), (40, 40, 230), 4)
+        files["annotated"] = f"annotated/{now[:10]}/{rid}.jpg"
+        (data_dir / files["annotated"]).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(data_dir / files["annotated"]), overlay)
+    daemon.journal.record({
+        "id": rid, "time": now, "source": "camera", "name": name,
+        "sha256": "0" * 64, "status": "ok", "reason": None, "label": "ALL", "positive": True,
+        "probability": 0.91, "threshold": 0.5,
+        "model": {"name": "m", "version": "1", "synthetic": True},
+        "device": "CPU", "latency_ms": 12.5, "analysis": "cells",
+        "cells": {"found": 12, "blasts": 3, "blast_fraction": 0.25, "items": []},
+        "disclaimer": DISCLAIMER,
+    }, files=files)
+    return rid
+
+
+def test_page_links_annotated_image_and_every_thumbnail(standin, jpeg_bytes):
+    plain = post_image(standin, "plain.jpg", jpeg_bytes)
+    ann = _record_cells_result(standin.daemon, EVIL, annotated=True)
+    gone = _record_cells_result(standin.daemon, "field-gone.jpg", annotated=True)
+    files = standin.daemon.journal.files(gone)
+    files["annotated"].unlink()  # as retention would
+    page = standin.get("/").body.decode()
+
+    # the annotated field: its overlay thumbnail, linked to the full overlay, plus the original
+    assert f'<a class="thumb" href="/api/v1/results/{ann}/image?annotated=1"' in page
+    assert f'src="/api/v1/results/{ann}/thumb?annotated=1"' in page
+    assert f'<a href="/api/v1/results/{ann}/image">original</a>' in page
+    assert 'boxes: <span class="pos">red ALL</span>' in page  # the model's positive_label
+    # plain results and a field whose overlay is gone: the input's thumbnail, linked to the input
+    for rid in (plain["id"], gone):
+        assert f'<a class="thumb" href="/api/v1/results/{rid}/image" title="full image">' \
+               f'<img src="/api/v1/results/{rid}/thumb"' in page
+        assert f"/api/v1/results/{rid}/image?annotated=1" not in page
+    assert page.count("cells 12, blasts 3 (25%)") == 2
+    assert "<img src=x" not in page and "annotated field &lt;img src=x" in page
+
+    # what the links point at is served
+    t = standin.get(f"/api/v1/results/{ann}/thumb?annotated=1")
+    assert t.status == 200 and t.headers["content-type"] == "image/jpeg"
+    import cv2
+    import numpy as np
+    small = cv2.imdecode(np.frombuffer(t.body, np.uint8), cv2.IMREAD_COLOR)
+    assert small.shape[:2] == (480, 640)  # 1200x900 overlay scaled to 640 px
+    redness = small[..., 2].astype(int) - small[..., 1]  # R - G: 0 on the grey field
+    assert redness[80:180, 63:66].mean() > 15 and abs(redness[80:180, 80:90].mean()) < 5
+    cached = Path(standin.daemon.config.storage.data_dir) / "thumbs"
+    assert list(cached.glob(f"*/{ann}.annotated.jpg")), "annotated thumbnail not cached"
+    assert standin.get(f"/api/v1/results/{ann}/image?annotated=1").body == \
+        standin.daemon.journal.files(ann)["annotated"].read_bytes()
+    for path in (f"/api/v1/results/{gone}/thumb?annotated=1",
+                 f"/api/v1/results/{plain['id']}/thumb?annotated=1"):
+        r = standin.get(path)
+        assert r.status == 404 and r.json()["error"] == "no_image", path
+    assert standin.get(f"/api/v1/results/{gone}/thumb").status == 200  # made from the input
+
+
+def test_disabled_checks_render_grey(standin):
+    standin.daemon.health_override = [
+        HealthCheck("broker", "disabled", "HIAS publishing is off (hias.enabled=false)"),
+        HealthCheck("camera", "disabled", "sources.camera.enabled=false"),
+        HealthCheck("disk", "ok", "plenty free")]
+    page = standin.get("/").body.decode()
+    for name in ("broker", "camera"):
+        assert re.search(rf'<tr data-check="{name}" class="dis"><td>{name}</td><td><span '
+                         r'class="st st-disabled">disabled</span>', page), name
+    assert '<tr data-check="disk"><td>' in page  # only disabled rows are greyed
+    assert re.search(r'id="overall"><span class="st st-ok">ok</span>\s*all checks pass', page)
