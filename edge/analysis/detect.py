@@ -5,7 +5,9 @@ backgrounds grey or lilac, and those are bright in green. So (blue - green) x (2
 a stain channel in which nuclei are bright and everything else is dark, on smear backgrounds
 and on C-NMC's black alike. Otsu splits it, a per-blob threshold trims touching red cells and
 cytoplasm, morphology cleans it, and a distance-transform watershed splits touching nuclei;
-size and shape filters from `AnalysisConfig` drop debris and stain blobs.
+size and shape filters from `AnalysisConfig` drop debris and stain blobs. A small, nucleus-
+stained blob joined to a nucleus by stained material (a lobe, or a fragment on a thin bridge)
+is merged into that nucleus's cell rather than counted as a cell.
 
 Work happens on a downscaled copy (a 5 Mpx field at full size costs ~10x the time for the
 same boxes); boxes are returned in full-resolution pixels.
@@ -36,7 +38,8 @@ FRAGMENT_GAP = 1.0  # a fragment lies within this many host-nucleus radii of the
 
 @dataclass(frozen=True)
 class Cell:
-    """One detected nucleus: bounding box (x, y, w, h) and centre in full-resolution pixels."""
+    """One detected cell in full-resolution pixels: its nucleus's centre and size, and a
+    bounding box (x, y, w, h) that also covers any nucleus fragments merged into it."""
 
     box: Tuple[int, int, int, int]
     centre: Tuple[float, float]
@@ -254,9 +257,9 @@ def _cell(n: _Nucleus, scale: float) -> Cell:
 def detect_cells(image_bgr: np.ndarray, cfg: AnalysisConfig) -> List[Cell]:
     """Nuclei in a field, sorted top-to-bottom then left-to-right (the caller caps the count).
 
-    A blob whose core is too small to seed a nucleus next to a larger one in the same
-    stained region (a nucleus lobe or fragment joined by cytoplasm or a thin bridge) is part
-    of that cell, not a cell of its own. Raises ValueError for something that is not an
+    A blob whose core is too small to seed a nucleus next to a larger one that stained
+    material joins it to (a nucleus lobe, or a fragment on a thin bridge) is part of that
+    cell, not a cell of its own (see `_host`). Raises ValueError for something that is not an
     HxWx3 uint8 image.
     """
     _check_image(image_bgr)
@@ -272,7 +275,7 @@ def detect_cells(image_bgr: np.ndarray, cfg: AnalysisConfig) -> List[Cell]:
     for b in blobs:
         largest[b.region] = max(largest.get(b.region, 0.0), b.peak)
     nuclei: List[_Nucleus] = []
-    fragments = []
+    fragments: List[_Blob] = []
     for b in blobs:
         if b.peak < SPLIT_CORE_FRACTION * largest[b.region]:
             fragments.append(b)
