@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import Machine, add_write_args, exit_on_sigterm, write_section  # noqa: E402
+from bench.machine import Machine, add_write_args, exit_on_sigterm, report  # noqa: E402
 from edge import imaging  # noqa: E402
 from edge.inference import Classifier  # noqa: E402
 
@@ -291,9 +291,7 @@ def main() -> int:
         *[f"| {a} | {b} |" for a, b in rows], "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.write:
-        print(f"updated {write_section(SECTION, text, args.doc)}")
+    report(SECTION, text, args)
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import Machine, add_write_args, exit_on_sigterm, write_section  # noqa: E402
+from bench.machine import Machine, add_write_args, exit_on_sigterm, report  # noqa: E402
 from edge import imaging  # noqa: E402
 from edge.analysis.crop import square_crop  # noqa: E402
 from edge.analysis.detect import detect_cells  # noqa: E402
@@ -138,9 +138,7 @@ def main() -> int:
         print(f"{MODEL} is missing: make the demo model first", file=sys.stderr)
         return 2
     text = run(args.fields, args.seed, max(1, args.reps))
-    print(text)
-    if args.write:
-        print(f"updated {write_section(SECTION, text, args.doc)}")
+    report(SECTION, text, args)
     return 0
 
 

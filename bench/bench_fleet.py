@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import Machine, add_write_args, exit_on_sigterm, write_section  # noqa: E402
+from bench.machine import Machine, add_write_args, exit_on_sigterm, report  # noqa: E402
 from tests.hias.broker import MOSQUITTO, Broker, make_passwords, make_pki  # noqa: E402
 from tests.hias.fleet import run_fleet  # noqa: E402
 
@@ -69,9 +69,7 @@ def main() -> int:
           f"{r['msg_per_s']:.0f} |" for r in rows],
         "",
     ])
-    print(text)
-    if args.write:
-        print(f"updated {write_section(SECTION, text, args.doc)}")
+    report(SECTION, text, args)
     return 1 if any(r["lost"] for r in rows) else 0
 
 

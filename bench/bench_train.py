@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import Machine, add_write_args, exit_on_sigterm, write_section  # noqa: E402
+from bench.machine import Machine, add_write_args, exit_on_sigterm, report  # noqa: E402
 
 SECTION = "training"
 
@@ -92,9 +92,7 @@ def main() -> int:
         *[f"| {arch} | {mode} | {params:,} | {ips:.1f} |" for arch, mode, params, ips in rows],
         "",
     ])
-    print(text)
-    if args.write:
-        print(f"updated {write_section(SECTION, text, args.doc)}")
+    report(SECTION, text, args)
     return 0
 
 

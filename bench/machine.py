@@ -70,6 +70,13 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def report(section: str, text: str, args: argparse.Namespace) -> None:
+    """Print a bench's Markdown and, with --write, put it in its section of --doc."""
+    print(text)
+    if args.write:
+        print(f"updated {write_section(section, text, args.doc)}")
+
+
 def write_section(name: str, text: str, doc: Path = DOC) -> Path:
     """Replace <!-- name:begin --> ... <!-- name:end --> in doc with text (appended if absent).
 
