@@ -86,6 +86,7 @@ def cmd_classify(cfg: Config, images: Sequence[Path]) -> int:
     from edge.inference import ModelError, load_classifier
     from edge.journal import new_id, utc_iso
     from edge.pipeline import read_claimed
+    from edge.retention import display_name
 
     try:
         clf = load_classifier(cfg)
@@ -95,14 +96,14 @@ def cmd_classify(cfg: Config, images: Sequence[Path]) -> int:
     meta, failed = clf.meta, 0
     for path in images:
         t0 = time.time()
-        r = {"id": new_id(), "time": utc_iso(t0), "source": "cli", "name": str(path),
+        r = {"id": new_id(), "time": utc_iso(t0), "source": "cli", "name": display_name(str(path)),
              "sha256": None, "status": "quarantined", "reason": None, "label": None,
              "positive": None, "probability": None, "threshold": clf.threshold,
              "model": {"name": meta.name, "version": meta.version, "synthetic": meta.synthetic},
              "device": clf.device, "latency_ms": None, "analysis": "whole-image", "cells": None,
              "disclaimer": DISCLAIMER}
         try:
-            data = read_claimed(path)
+            data = read_claimed(path, max_pixels=cfg.server.max_pixels)
             r["sha256"] = hashlib.sha256(data).hexdigest()
             image = imaging.decode(data, max_pixels=cfg.server.max_pixels, target=clf.input_hw)
             pred = clf.predict(image)

@@ -288,6 +288,8 @@ def load_config(
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:

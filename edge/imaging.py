@@ -55,6 +55,15 @@ def probe(data: bytes) -> ImageInfo:
     return ImageInfo(fmt, w, h)
 
 
+def check_pixels(info: ImageInfo, max_pixels: int) -> None:
+    """`too_many_pixels` when the header's size exceeds the limit (checked before decoding)."""
+    if info.width * info.height > max_pixels:
+        raise ImageError(
+            "too_many_pixels",
+            f"{info.width}x{info.height} exceeds the limit of {max_pixels} pixels",
+        )
+
+
 def _reduction_flag(info: ImageInfo, target: Optional[Tuple[int, int]]) -> Tuple[int, int]:
     """Largest JPEG DCT reduction that keeps the image at least as big as the target (h, w)."""
     if info.format != "JPEG" or target is None:
@@ -69,7 +78,9 @@ def _reduction_flag(info: ImageInfo, target: Optional[Tuple[int, int]]) -> Tuple
 
 def _looks_truncated(data: bytes, fmt: str) -> bool:
     if fmt == "JPEG":
-        return b"\xff\xd9" not in data[-64:]
+        # no end-of-image marker after the last start-of-scan (entropy-coded data cannot
+        # contain one); data after the EOI (padding, camera trailers) is not truncation
+        return data.find(b"\xff\xd9", max(0, data.rfind(b"\xff\xda"))) < 0
     if fmt == "PNG":
         return b"IEND" not in data[-32:]
     return False
@@ -87,11 +98,7 @@ def decode(
     much resolution (whole-image mode into a 100x100 model).
     """
     info = probe(data)
-    if info.width * info.height > max_pixels:
-        raise ImageError(
-            "too_many_pixels",
-            f"{info.width}x{info.height} exceeds the limit of {max_pixels} pixels",
-        )
+    check_pixels(info, max_pixels)
     if _looks_truncated(data, info.format):
         raise ImageError("truncated", f"the {info.format} data is truncated")
     flag, _ = _reduction_flag(info, target)

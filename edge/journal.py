@@ -271,8 +271,8 @@ class Journal:
         keep_pending = (
             "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = results.id AND o.delivered IS NULL)"
         )
-        with self._lock:
-            while True:
+        while True:
+            with self._lock:  # per batch: results keep being journaled during a long prune
                 excess = max(0, self.count() - max_rows)
                 rows = self._db.execute(
                     f"SELECT id FROM results WHERE {keep_pending} AND"
@@ -292,9 +292,10 @@ class Journal:
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
-                deleted += len(ids)
-                if len(ids) < batch:
-                    break
+            deleted += len(ids)
+            if len(ids) < batch:
+                break
+            time.sleep(0.001)  # Python locks are not fair: let a waiting writer in
         return deleted
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -32,6 +33,7 @@ from edge.retention import Store, display_name
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 512 * 1024 * 1024  # larger files are quarantined without reading them
+HEADER_BYTES = 256 * 1024  # enough for the size in JPEG/PNG/BMP headers (after EXIF)
 THUMB_SIZE = 160
 GROUP_COMMIT = 32  # results per journal transaction at most
 
@@ -75,9 +77,23 @@ class Job:
     result: Optional[Dict[str, Any]] = None
 
 
-def read_claimed(path: Path, stored: Optional[str] = None) -> bytes:
+def _refuse_too_many_pixels(f: Any, max_pixels: int) -> None:
+    """An over-limit image is refused from its header before the whole (possibly huge) file
+    is read into memory; a header the prefix cannot show is left to the full decode."""
+    head = f.read(HEADER_BYTES)
+    f.seek(0)
+    try:
+        info = imaging.probe(head)
+    except imaging.ImageError:
+        return
+    imaging.check_pixels(info, max_pixels)
+
+
+def read_claimed(path: Path, stored: Optional[str] = None,
+                 max_pixels: Optional[int] = None) -> bytes:
     """Read a claimed input without following symlinks; non-regular files, unsupported
-    extensions (of `stored`, the original name) and oversized files are ImageErrors."""
+    extensions (of `stored`, the original name), oversized files and (with `max_pixels`)
+    images whose header is over the pixel limit are ImageErrors."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -98,6 +114,8 @@ def read_claimed(path: Path, stored: Optional[str] = None) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as f:
+            if max_pixels is not None:
+                _refuse_too_many_pixels(f, max_pixels)
             return f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise imaging.ImageError("unreadable", f"cannot read file: {exc.strerror}") from None
@@ -198,19 +216,28 @@ class Pipeline:
         return self.submitted - self.completed - self.failed
 
     def submit(self, job: Job, timeout: Optional[float] = None) -> None:
-        """Queue a job; blocks while full up to `timeout` (None = forever) then raises Busy."""
-        if not self._accepting:
-            raise Stopped("the pipeline is stopping")
-        with self._lock:
-            if self.depth == 0:
-                self.last_progress = time.monotonic()  # idle until now: not a stall
-            self.submitted += 1
-        try:
-            self._intake.put(job, timeout=timeout)
-        except queue.Full:
+        """Queue a job; blocks while full up to `timeout` (None = forever) then raises Busy.
+
+        The accepting check and the enqueue happen under the lock that `stop()` takes to stop
+        intake, so no job can land behind the stop markers and be left unprocessed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
             with self._lock:
-                self.submitted -= 1
-            raise Busy(f"{self.depth} inputs queued; try again later") from None
+                if not self._accepting:
+                    raise Stopped("the pipeline is stopping")
+                try:
+                    self._intake.put_nowait(job)
+                except queue.Full:
+                    pass
+                else:
+                    if self.depth == 0:
+                        self.last_progress = time.monotonic()  # idle until now: not a stall
+                    self.submitted += 1
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Busy(f"{self.depth} inputs queued; try again later")
+            time.sleep(0.005)
 
     # ------------------------------------------------------------------ stages
 
@@ -234,7 +261,8 @@ class Pipeline:
     def _decode(self, job: Job) -> None:
         try:
             if job.data is None:
-                job.data = read_claimed(job.path, job.stored)  # type: ignore[arg-type]
+                job.data = read_claimed(job.path, job.stored,  # type: ignore[arg-type]
+                                        max_pixels=self.max_pixels)
             job.sha256 = hashlib.sha256(job.data).hexdigest()
             target = None
             if job.analysis == "whole-image":
@@ -307,6 +335,9 @@ class Pipeline:
                  probability=round(p, 6), cells=out.get("cells"),
                  latency_ms=round(float(out.get("latency_ms") or
                                         (time.perf_counter() - t0) * 1000), 3))
+        # fail here (this input: internal_error), not in the group commit, which would roll
+        # back every other result of the batch and leave this input without an outcome
+        json.dumps(r)
         job.outcome = out
         return r
 
@@ -363,7 +394,10 @@ class Pipeline:
                         files["annotated"] = self.store.rel(ap)
             except (OSError, cv2.error) as exc:
                 log.warning("%s: preview not written: %s", job.id, exc)
-        target = self.store.target_for(result, job.stored)
+        # Quarantined in-memory inputs (uploads) are journaled but not stored: the caller
+        # already has the bytes and the reason, and nobody can fill quarantine/ over HTTP.
+        target = None if job.path is None and result["status"] != "ok" else \
+            self.store.target_for(result, job.stored)
         if target is not None and result["status"] == "ok":
             files["image"] = self.store.rel(target)
         return target, files

@@ -176,6 +176,16 @@ def _remove(path: Path) -> None:
 # ---------------------------------------------------------------------------- retention
 
 
+def _quarantined_at(path: Path) -> float:
+    """When an input was claimed: its id's time, because a claimed file keeps the mtime it had
+    in the inbox (years old after `cp -p`); the file's mtime only for names without an id."""
+    from edge.sources.folder import ulid_time  # edge.sources imports this module
+
+    id, _ = split_stored(path.name)
+    t = ulid_time(id) if id else None
+    return t if t is not None else path.lstat().st_mtime
+
+
 def _day_dirs(root: Path) -> List[Path]:
     if not root.is_dir():
         return []
@@ -219,7 +229,7 @@ class Retention:
         q_cutoff = now - max(cfg.archive_max_days, 1) * 86400
         for p in list(self.store.quarantine.iterdir()):
             try:
-                if p.lstat().st_mtime < q_cutoff:
+                if _quarantined_at(p) < q_cutoff:
                     _remove(p)
                     summary["quarantine_removed"] += 1
             except OSError:

@@ -57,6 +57,10 @@ def test_bad_json_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(bad)
     assert "not valid JSON at line 1" in str(exc.value)
+    bad.write_bytes(b'\xff\xfe{"server": {}}')  # UTF-16 BOM from a Windows editor
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    assert "not UTF-8 text" in str(exc.value)
 
 
 def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:

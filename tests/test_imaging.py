@@ -80,3 +80,20 @@ def test_read_directory_and_missing(tmp_path) -> None:
     with pytest.raises(ImageError) as exc:
         imaging.read(tmp_path / "nope.jpg")
     assert exc.value.reason == "unreadable"
+
+
+def test_jpeg_end_is_found_after_the_last_scan_not_in_the_last_bytes() -> None:
+    """Bytes after the end-of-image marker (sector padding, camera trailers) are not a
+    truncation; a cut main image is one even when an EXIF thumbnail carries its own end."""
+    rng = np.random.default_rng(1)
+    main = _encode(".jpg", rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    padded = main + b"\x00" * 4096
+    assert imaging.decode(padded).shape == (200, 300, 3)
+    thumb = _encode(".jpg", np.full((8, 8, 3), 90, np.uint8))
+    payload = b"Exif\x00\x00" + thumb
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    with_thumb = main[:2] + app1 + main[2:]
+    assert imaging.decode(with_thumb).shape == (200, 300, 3)
+    with pytest.raises(ImageError) as exc:
+        imaging.decode(with_thumb[: len(app1) + len(main) // 2])
+    assert exc.value.reason == "truncated"

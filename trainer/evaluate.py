@@ -109,6 +109,8 @@ def run(run_dir: Path, data: Optional[Path] = None, target_recall: Optional[floa
         raise TrainerError(f"{run_dir}/model.keras is missing: the training run did not finish")
     if target_recall is not None and not 0 < target_recall <= 1:
         raise TrainerError("--target-recall must be in (0, 1]")
+    if n_boot < 1:   # 0 or less silently wrote metrics without their 95% intervals
+        raise TrainerError("--bootstrap must be at least 1 (resamples for the 95% intervals)")
     root = Path(data) if data else Path(cfg["data"])
     if not root.is_dir():
         raise TrainerError(f"data directory {root} is gone; pass --data to where the set lives now")

@@ -95,7 +95,8 @@ def split(ds: Dataset, *, val_frac: float = 0.15, test_frac: float = 0.15, seed:
         out[assign[g]].append(s.path)
     for k in SPLITS:
         out[k].sort()
-        present = {s.label for s in ds.samples if s.path in set(out[k])}
+        members = set(out[k])
+        present = {s.label for s in ds.samples if s.path in members}
         if len(present) < len(LABELS):
             raise TrainerError(f"the {k} split has one class only; with --test-list, list images of both classes")
     check_disjoint(ds, out)

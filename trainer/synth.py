@@ -18,6 +18,7 @@ cells is "atypical" (features drawn from the other class's ranges), as in real s
 
 from __future__ import annotations
 
+import errno
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,13 @@ def field(rng: np.random.Generator, has_blasts: bool, w: int = FIELD_W, h: int =
     return _finish(canvas, rng, stain), centres
 
 
+def _imwrite(path: Path, img: np.ndarray, params: Tuple[int, ...] = ()) -> None:
+    """cv2.imwrite only returns False (disk full, a directory in the way): make that an error."""
+    if not cv2.imwrite(str(path), img, list(params)):
+        raise OSError(errno.EIO, "could not write the image (disk full, or a directory in the way?)",
+                      str(path))
+
+
 def _labels(rng: np.random.Generator, n: int) -> List[bool]:
     """Balanced classes in a seeded random order."""
     lab = [i % 2 == 0 for i in range(n)]
@@ -274,18 +282,18 @@ def generate(out: Path, layout: str, n: int, seed: int, progress: bool = False) 
         num = i + 1
         if layout == "all-idb2":
             name = f"Im{num:03d}_{int(blast)}.tif"
-            cv2.imwrite(str(out / name), single_cell(crng, blast))
+            _imwrite(out / name, single_cell(crng, blast))
         elif layout == "cnmc":
             sub = 1 + (i // 2) % n_subjects  # each subject contributes several cells of one class
             cls = "all" if blast else "hem"
             subject = f"{sub}" if blast else f"H{sub}"
             name = f"{cls}/UID_{subject}_{num}_1_{cls}.bmp"
             (out / cls).mkdir(exist_ok=True)
-            cv2.imwrite(str(out / name), cnmc_cell(crng, blast))
+            _imwrite(out / name, cnmc_cell(crng, blast))
         else:
             name = f"Im{num:03d}_{int(blast)}.jpg"
             img, centres = field(crng, blast)
-            cv2.imwrite(str(out / name), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            _imwrite(out / name, img, (cv2.IMWRITE_JPEG_QUALITY, 90))
             (out / f"Im{num:03d}_{int(blast)}.xyc").write_text(
                 "".join(f"{x} {y}\n" for x, y in centres), encoding="ascii")
         files.append({"file": name, "label": "ALL" if blast else "normal"})

@@ -57,7 +57,9 @@ def work_scale(shape: Tuple[int, ...], cfg: AnalysisConfig) -> float:
     """Downscale factor: small enough to be fast, large enough to keep small cells visible."""
     long_side = max(shape[0], shape[1])
     scale = min(1.0, WORK_LONG_SIDE / long_side)
-    return min(1.0, max(scale, MIN_WORK_DIAMETER / cfg.min_cell_diameter_px))
+    scale = min(1.0, max(scale, MIN_WORK_DIAMETER / cfg.min_cell_diameter_px))
+    # A strip a pixel or two thick would resize to zero rows (cv2.error): keep it at full size.
+    return scale if min(shape[0], shape[1]) * scale >= 1 else 1.0
 
 
 def stain_channel(image_bgr: np.ndarray) -> np.ndarray:

@@ -48,6 +48,8 @@ def parse(payload: bytes) -> Command:
         doc = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CommandError("command is not valid UTF-8 JSON") from None
+    except RecursionError:   # "[[[[…" nested thousands deep: json gives up, paho must not see it
+        raise CommandError("command JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise CommandError("command must be a JSON object like {\"Command\": \"capture\"}")
     keys: Dict[str, Any] = {str(k).lower(): v for k, v in doc.items()}

@@ -61,6 +61,10 @@ class Outbox:
         self._backlog_maybe = True      # a previous run may have left rows behind
         self._last_check = float("-inf")
         self.in_flight: Dict[int, str] = {}   # mid -> result id
+        # Ids recently sent from the backlog: the pipeline commits a batch, then offers each
+        # result, so a backlog read can see a row before its offer lands in _fresh.
+        self._backlog_sent: Deque[str] = collections.deque(maxlen=MAX_FRESH)
+        self._backlog_sent_set: set = set()
         self.sent_fresh = 0
         self.sent_backlog = 0
         self.unreadable = 0
@@ -99,7 +103,7 @@ class Outbox:
         with self._lock:
             while self._fresh and len(out) < room:
                 r = self._fresh.popleft()
-                if r["id"] not in busy:
+                if r["id"] not in busy and r["id"] not in self._backlog_sent_set:
                     out.append(r)
                     busy.add(r["id"])
             fresh_ids = {r["id"] for r in self._fresh}
@@ -127,6 +131,11 @@ class Outbox:
             with self._lock:
                 self._backlog_maybe = False   # everything pending is accounted for
         self.bucket.take(len(backlog))
+        for r in backlog:
+            if len(self._backlog_sent) == self._backlog_sent.maxlen:
+                self._backlog_sent_set.discard(self._backlog_sent[0])
+            self._backlog_sent.append(r["id"])
+            self._backlog_sent_set.add(r["id"])
         self.sent_backlog += len(backlog)
         return out + backlog
 

@@ -480,7 +480,15 @@ class CameraSource(Component):
             result = self.daemon.submit_bytes(buf.tobytes(), source="camera", name=name,
                                               analysis=self.cfg.analysis,
                                               timeout=self.submit_timeout)
-        except Exception as exc:  # pipeline full (Busy), stopping, timeout, unknown analysis
+        except TimeoutError:
+            # Accepted but slow: it is still journaled later. Count it as submitted so that
+            # on_change does not classify the same field again.
+            self.counts["submitted"] += 1
+            self._last_submitted = sig
+            self._note(CameraError("submit_slow", f"the pipeline took over {self.submit_timeout:g}"
+                                   " s; the capture was accepted and is journaled when done"))
+            return True
+        except Exception as exc:  # pipeline full (Busy), stopping, unknown analysis
             self.counts["submit_errors"] += 1
             self._note(CameraError("submit_failed", f"{type(exc).__name__}: {_first_line(exc)}"))
             return False

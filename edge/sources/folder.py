@@ -257,8 +257,10 @@ class FolderSource(Component):
             src.unlink()
             return True
         except OSError as exc:
-            log.error("cannot claim %s across filesystems: %s", display_name(src.name),
-                      exc.strerror)
+            msg = f"cannot claim {display_name(src.name)} across filesystems: {exc.strerror}"
+            if msg not in self._reported:  # once, not at every poll while it stays there
+                log.error("%s", msg)
+                self._reported.add(msg)
             tmp.unlink(missing_ok=True)
             return False
 

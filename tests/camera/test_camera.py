@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge.config import CameraSourceConfig, Config
+from edge.pipeline import Busy
 from edge.sources import fake_picamera2
 from edge.sources.camera import (
     CameraSource,
@@ -225,7 +226,7 @@ def test_dark_frames_are_not_classified(tmp_path: Path) -> None:
 def test_submit_errors_keep_the_source_alive(tmp_path: Path) -> None:
     video = write_video(tmp_path / "v.avi", [solid(COLOURS[0])])
     daemon = RecordingDaemon(config(backend="opencv", device=str(video)),
-                             fail_with=TimeoutError("pipeline full"))
+                             fail_with=Busy("pipeline full"))
     src = running(daemon)
     try:
         assert src.request_capture(wait=10) is False
@@ -236,6 +237,24 @@ def test_submit_errors_keep_the_source_alive(tmp_path: Path) -> None:
     finally:
         src.stop()
     assert src.status()["submit_errors"] == 1
+
+
+def test_slow_pipeline_does_not_classify_an_unchanged_field_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # TimeoutError = accepted, journaled later (docs/architecture.md): the field counts as
+    # submitted. It used to count as failed, so on_change sent the same field every capture.
+    video = write_video(tmp_path / "still.avi", [solid(COLOURS[0])] * 4)
+    daemon = RecordingDaemon(config(backend="opencv", device=str(video), interval_seconds=0.02,
+                                    on_change=True), fail_with=TimeoutError("slow"))
+    src = running(daemon)
+    try:
+        wait_until(lambda: src.status()["captures"] >= 6, 10, "six captures")
+    finally:
+        src.stop()
+    st = src.status()
+    assert daemon.attempts == 1, st
+    assert st["submitted"] == 1 and st["submit_errors"] == 0 and st["unchanged"] >= 4, st
+    assert "camera submit_slow" in caplog.text   # reported; later captures clear it
 
 
 def test_request_capture_needs_a_running_source(tmp_path: Path) -> None:

@@ -170,3 +170,10 @@ def test_xyc_and_matching(tmp_path: Path) -> None:
     xyc.write_text("12\n", encoding="ascii")
     with pytest.raises(ValueError, match="expected 'x y'"):
         read_xyc(xyc)
+
+
+@pytest.mark.parametrize("shape", [(1, 5000, 3), (5000, 1, 3), (2, 3000, 3)])
+def test_thin_strips_are_analysed_not_crashed(shape: Tuple[int, int, int],
+                                              analysis_cfg: AnalysisConfig) -> None:
+    # A 1 px tall upload used to scale to 0 rows: cv2.error, quarantined as internal_error.
+    assert detect_cells(np.full(shape, 230, np.uint8), analysis_cfg) == []

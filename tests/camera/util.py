@@ -38,10 +38,13 @@ class RecordingDaemon:
         self.config = config or Config()
         self.fail_with = fail_with
         self.submitted: List[Dict[str, Any]] = []
+        self.attempts = 0  # submit_bytes calls, failed ones included
         self.lock = threading.Lock()
 
     def submit_bytes(self, data: bytes, *, source: str, name: str,
                      analysis: Optional[str] = None, timeout: float = 30) -> Dict[str, Any]:
+        with self.lock:
+            self.attempts += 1
         if self.fail_with is not None:
             raise self.fail_with
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

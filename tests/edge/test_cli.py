@@ -82,3 +82,18 @@ def test_classify_exit_code_when_any_fails(env: Env, tmp_path: Path) -> None:
 def test_help_exits_zero() -> None:
     p = edge("--help")
     assert p.returncode == 0 and "classify" in p.stdout
+
+
+def test_classify_non_utf8_file_name_is_valid_json(env: Env, tmp_path: Path) -> None:
+    """A file name with undecodable bytes still gives one valid UTF-8 JSON line (U+FFFD)."""
+    import os
+
+    odd = os.fsencode(tmp_path) + b"/cell\xff.bmp"
+    with open(odd, "wb") as f:
+        f.write(cnmc_files()[0].read_bytes())
+    p = subprocess.run([os.fsencode(sys.executable), b"-m", b"edge", b"classify", b"--config",
+                        os.fsencode(env.write()), odd], cwd=REPO_ROOT, capture_output=True,
+                       timeout=60, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    r = json.loads(p.stdout.decode("utf-8"))
+    assert r["status"] == "ok" and r["name"].endswith("cell\ufffd.bmp")

@@ -60,6 +60,8 @@ def test_submit_bytes_bad_input_is_one_quarantined_row(daemon: Daemon) -> None:
     r = daemon.submit_bytes(b"%PDF-1.4 not an image", source="api", name="x.pdf")
     assert r["reason"] == "not_an_image"
     assert daemon.journal.counters()["quarantined"] == 2
+    # journaled but not stored (docs/architecture.md): uploads cannot fill quarantine/
+    assert list(daemon.store.quarantine.iterdir()) == []
     with pytest.raises(ValueError, match="unknown analysis mode"):
         daemon.submit_bytes(b"x", source="api", name="x.png", analysis="nope")
 
@@ -87,6 +89,17 @@ def test_registered_analyzer_and_its_outputs(daemon: Daemon) -> None:
                             analysis="broken")
     assert (r["status"], r["reason"]) == ("quarantined", "internal_error")
     assert daemon.pipeline.alive()
+
+    def not_json(image, classifier):  # numpy scalars cannot be journaled as JSON
+        return {"probability": 0.5, "cells": {"found": np.int64(1), "blasts": 0,
+                                              "blast_fraction": 0.0, "items": []}}
+
+    daemon.register_analyzer("not-json", not_json)
+    r = daemon.submit_bytes(cnmc_files()[0].read_bytes(), source="api", name="h.bmp",
+                            analysis="not-json")
+    assert (r["status"], r["reason"]) == ("quarantined", "internal_error")
+    assert daemon.journal.get(r["id"])["reason"] == "internal_error"
+    assert daemon.pipeline.failed == 0
 
 
 def test_back_pressure_busy_and_nothing_lost(tmp_path: Path, model_xml: Path) -> None:
@@ -118,6 +131,43 @@ def test_back_pressure_busy_and_nothing_lost(tmp_path: Path, model_xml: Path) ->
     assert len(done) == accepted == journal.count() == p.completed
     with pytest.raises(Stopped):
         p.submit(job)
+
+
+def test_submit_blocked_on_a_full_queue_during_stop_is_processed_or_refused(
+        tmp_path: Path, model_xml: Path) -> None:
+    """A submitter waiting on a full queue while stop() runs must never be left unprocessed."""
+    from edge.inference import Classifier
+
+    clf = Classifier(model_xml, ["CPU"])
+    store = Store(StorageConfig(data_dir=tmp_path / "data", min_free_mb=0))
+    journal = Journal(tmp_path / "data")
+    done: List[dict] = []
+    p = Pipeline(classifier_fn=lambda: clf, journal=journal, store=store,
+                 analyzers={"whole-image": slow(0.05)}, listeners=done.append,
+                 decode_workers=1, queue_size=1)
+    p.start()
+    data = cnmc_files()[0].read_bytes()
+    outcomes: List[str] = []
+
+    def submitter(i: int) -> None:
+        id = new_id()
+        job = Job(id=id, source="api", name=f"{i}.bmp", analysis="whole-image",
+                  received=time.time(), stored=stored_name(id, f"{i}.bmp"), data=data)
+        try:
+            p.submit(job, timeout=20)
+            outcomes.append("accepted")
+        except Stopped:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=submitter, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)  # most submitters are now blocked on the full intake queue
+    assert p.stop(timeout=30)
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == 12 and "refused" in outcomes
+    assert outcomes.count("accepted") == len(done) == journal.count() == p.completed
 
 
 def test_reload_keeps_queue_and_old_model_on_failure(tmp_path: Path, model_copy: Path) -> None:
@@ -216,6 +266,16 @@ def test_retention_by_age_size_and_rows(tmp_path: Path) -> None:
     q = store.quarantine / "old.png"
     q.write_bytes(b"z")
     os.utime(q, (time.time() - 40 * 86400,) * 2)
+    # a claimed file keeps its inbox mtime: its age in quarantine is its id's age
+    fresh = store.quarantine / stored_name(new_id(), "slide-from-2024.png")
+    fresh.write_bytes(b"z")
+    os.utime(fresh, (time.time() - 400 * 86400,) * 2)
+    crock = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    ms = int((time.time() - 40 * 86400) * 1000)
+    old_id = "".join(crock[(ms >> (5 * i)) & 31] for i in range(9, -1, -1)) + new_id()[10:]
+    assert abs(ulid_time(old_id) - ms / 1000) < 0.01
+    stale = store.quarantine / stored_name(old_id, "x.png")
+    stale.write_bytes(b"z")
     journal.record({"id": new_id(), "time": utc_iso(time.time() - 3 * 86400), "source": "t",
                     "status": "ok", "positive": True})
     journal.record({"id": new_id(), "time": utc_iso(), "source": "t", "status": "ok",
@@ -225,7 +285,8 @@ def test_retention_by_age_size_and_rows(tmp_path: Path) -> None:
     left = sorted(p.name for p in day.iterdir())
     assert len(left) == 3 and summary["files_removed"] == 2
     assert left[0].endswith("__2.bmp"), "the oldest archived inputs go first"
-    assert not q.exists() and summary["quarantine_removed"] == 1
+    assert not q.exists() and not stale.exists() and fresh.exists()
+    assert summary["quarantine_removed"] == 2
     assert summary["rows_removed"] == 1 and journal.count() == 1
 
 

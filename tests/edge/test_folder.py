@@ -243,8 +243,9 @@ def test_unclaimable_file_is_reported_not_fatal(env: Env, running: Daemon,
     wait_until(lambda: running.component("folder").error is None, 5, what="error cleared")
 
 
-def test_inbox_on_another_filesystem(env: Env, tmp_path: Path) -> None:
-    """/dev/shm (tmpfs) as the inbox: claims copy + rename, and health warns about it."""
+def test_inbox_on_another_filesystem(env: Env, tmp_path: Path, caplog) -> None:
+    """/dev/shm (tmpfs) as the inbox: claims copy + rename, and health warns about it; a
+    directory cannot be copied atomically, stays, and is reported once (not every poll)."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs a second filesystem (tmpfs at /dev/shm)")
@@ -263,6 +264,13 @@ def test_inbox_on_another_filesystem(env: Env, tmp_path: Path) -> None:
             assert list(inbox.iterdir()) == []
             check = next(h for h in d.health() if h.name == "folder source")
             assert check.state == "warn" and "different filesystems" in check.summary
+            (inbox / "a-dir").mkdir()
+            folder = d.component("folder")
+            scans = wait_until(lambda: folder.last_scan, 5, what="a scan")
+            wait_until(lambda: folder.error, 10, what="the directory reported")
+            wait_until(lambda: (folder.last_scan or 0) > scans + 1.0, 10, what="more polls")
+            errors = [r for r in caplog.records if "a-dir across filesystems" in r.getMessage()]
+            assert len(errors) == 1 and (inbox / "a-dir").is_dir()
         finally:
             d.shutdown()
     finally:

@@ -136,3 +136,27 @@ def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
     assert j.count() == 400 and j.counters()["processed"] == 400
     j.close()
     assert Journal(tmp_path).count() == 400
+
+
+def test_a_long_prune_does_not_block_new_results(tmp_path: Path) -> None:
+    """Retention deletes in batches and lets the pipeline journal between them, so a big
+    prune (e.g. after lowering journal_max_rows) cannot stall the pipeline."""
+    j = Journal(tmp_path, outbox=False)
+    j.record_many([(result(), None) for _ in range(3000)])
+    finished = threading.Event()
+
+    def prune() -> None:
+        j.prune(max_rows=1000, max_days=3650, batch=10)  # 200 batches
+        finished.set()
+
+    t = threading.Thread(target=prune)
+    t.start()
+    try:
+        wait_started = time.monotonic() + 10
+        while j.count() == 3000 and time.monotonic() < wait_started:
+            time.sleep(0.001)
+        j.record(result())
+        assert not finished.is_set(), "record() had to wait for the whole prune"
+    finally:
+        t.join(60)
+    assert j.count() == 1000

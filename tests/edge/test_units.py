@@ -79,3 +79,33 @@ def test_optional_component_absent_module_is_skipped_with_warning(caplog) -> Non
     assert daemon_mod._optional_component("edge.not_written_yet", "Thing") is None
     assert "edge.not_written_yet is not available; Thing disabled" in caplog.text
     assert daemon_mod._optional_component("edge.sources.folder", "FolderSource") is not None
+
+
+def test_pixel_bomb_is_refused_before_the_file_is_read(tmp_path: Path) -> None:
+    """A huge file whose header is over the pixel limit is refused from its first bytes,
+    not read whole into memory first (a Pi could be OOM-killed, then loop on recovery)."""
+    import tracemalloc
+
+    import pytest
+
+    from edge.imaging import ImageError
+    from edge.pipeline import read_claimed
+    from tests.util import png_header_only
+
+    bomb = tmp_path / "bomb.png"
+    with open(bomb, "wb") as f:
+        f.write(png_header_only(30000, 30000))
+        f.truncate(64 * 1024 * 1024)  # sparse: costs no disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError) as exc:
+            read_claimed(bomb, max_pixels=50_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert exc.value.reason == "too_many_pixels" and "30000x30000" in exc.value.message
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes allocated"
+    small = tmp_path / "ok.png"
+    small.write_bytes(png_header_only(10, 10))
+    assert read_claimed(small, max_pixels=50_000_000) == small.read_bytes()
+    assert len(read_claimed(bomb)) == 64 * 1024 * 1024  # no limit given: read as before

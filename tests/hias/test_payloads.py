@@ -92,6 +92,7 @@ def test_commands_parse(payload: bytes, name: str, rid) -> None:
     (b'{"Command": 7}', "no command name"),
     (b'{"Command": "self-destruct"}', "unknown command 'self-destruct'"),
     (b"{" + b" " * 20000 + b"}", "too large"),
+    (b"[" * 16000, "nested too deeply"),   # was a RecursionError: no answer, a traceback
 ])
 def test_commands_refused_with_a_reason(payload: bytes, fragment: str) -> None:
     with pytest.raises(commands.CommandError, match=fragment):
@@ -138,4 +139,31 @@ def test_outbox_new_results_first_backlog_at_rate(tmp_path: Path) -> None:
     second = box.take()
     assert [r["id"] for r in second] == [new["id"]] + [r["id"] for r in old[5:7]]
     assert box.acked(0) == old[0]["id"] and box.acked(0) is None
+    journal.close()
+
+
+def test_outbox_result_offered_after_its_backlog_read_goes_out_once(tmp_path: Path) -> None:
+    """The pipeline commits a batch, then offers each result: a backlog read in between sees
+    the row first. Sent (and acked) as backlog, the late offer must not send it again."""
+    journal = Journal(tmp_path)
+    clock = Clock()
+    late = make_result(7)
+
+    class Racing:
+        def outbox_pending(self, limit: int):
+            journal.record(late)          # committed by the finish thread ...
+            rows = journal.outbox_pending(limit)
+            box.offer(late)               # ... and offered just after this read
+            return rows
+
+    box = Outbox(Racing(), resend_rate=5, clock=clock)
+    box.set_connected(True)
+    first = box.take()
+    assert [r["id"] for r in first] == [late["id"]]
+    box.published(1, late["id"])
+    assert box.acked(1) == late["id"]
+    journal.outbox_mark_delivered(late["id"])
+    Racing.outbox_pending = lambda self, limit: journal.outbox_pending(limit)  # type: ignore
+    clock.t += 1
+    assert box.take() == []
     journal.close()

@@ -123,3 +123,20 @@ def test_help_lists_every_command() -> None:
     assert proc.returncode == 0
     for cmd in ("synth", "train", "evaluate", "export", "demo-model"):
         assert cmd in proc.stdout
+
+
+def test_synth_image_that_cannot_be_written(tmp_path) -> None:
+    # cv2.imwrite only returns False: synth used to report "wrote 4 images" and exit 0.
+    (tmp_path / "s" / "Im001_1.tif").mkdir(parents=True)
+    _fails_cleanly(["synth", "--out", str(tmp_path / "s"), "--layout", "all-idb2", "--n", "4"],
+                   "Im001_1.tif", "could not write the image")
+
+
+@pytest.mark.parametrize("n", ["0", "-5"])
+def test_evaluate_bootstrap_must_resample(tmp_path, n) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("config.json", "splits.json", "data.json"):
+        (run / f).write_text("{}")
+    (run / "model.keras").write_bytes(b"")
+    _fails_cleanly(["evaluate", "--run", str(run), "--bootstrap", n], "--bootstrap must be at least 1")
