@@ -102,7 +102,8 @@ def test_registered_analyzer_and_its_outputs(daemon: Daemon) -> None:
     assert daemon.pipeline.failed == 0
 
 
-def test_back_pressure_busy_and_nothing_lost(tmp_path: Path, model_xml: Path) -> None:
+def slow_pipeline(tmp_path: Path, model_xml: Path, queue_size: int):
+    """A real, started pipeline whose analyzer takes 50 ms, so its small queue fills up."""
     from edge.inference import Classifier
 
     clf = Classifier(model_xml, ["CPU"])
@@ -111,8 +112,13 @@ def test_back_pressure_busy_and_nothing_lost(tmp_path: Path, model_xml: Path) ->
     done: List[dict] = []
     p = Pipeline(classifier_fn=lambda: clf, journal=journal, store=store,
                  analyzers={"whole-image": slow(0.05)}, listeners=done.append,
-                 decode_workers=1, queue_size=2)
+                 decode_workers=1, queue_size=queue_size)
     p.start()
+    return p, journal, done
+
+
+def test_back_pressure_busy_and_nothing_lost(tmp_path: Path, model_xml: Path) -> None:
+    p, journal, done = slow_pipeline(tmp_path, model_xml, queue_size=2)
     data = cnmc_files()[0].read_bytes()
     accepted, busy = 0, False
     for i in range(50):
@@ -136,16 +142,7 @@ def test_back_pressure_busy_and_nothing_lost(tmp_path: Path, model_xml: Path) ->
 def test_submit_blocked_on_a_full_queue_during_stop_is_processed_or_refused(
         tmp_path: Path, model_xml: Path) -> None:
     """A submitter waiting on a full queue while stop() runs must never be left unprocessed."""
-    from edge.inference import Classifier
-
-    clf = Classifier(model_xml, ["CPU"])
-    store = Store(StorageConfig(data_dir=tmp_path / "data", min_free_mb=0))
-    journal = Journal(tmp_path / "data")
-    done: List[dict] = []
-    p = Pipeline(classifier_fn=lambda: clf, journal=journal, store=store,
-                 analyzers={"whole-image": slow(0.05)}, listeners=done.append,
-                 decode_workers=1, queue_size=1)
-    p.start()
+    p, journal, done = slow_pipeline(tmp_path, model_xml, queue_size=1)
     data = cnmc_files()[0].read_bytes()
     outcomes: List[str] = []
 
