@@ -79,6 +79,14 @@ class Daemon:
         self.stopping = False
         self.store = Store(config.storage)
         self.journal = Journal(config.storage.data_dir, outbox=config.hias.enabled)
+        try:
+            self._assemble(config)
+        except BaseException:
+            self.journal.close()  # an embedding program may retry; don't leak the database
+            raise
+
+    def _assemble(self, config: Any) -> None:
+        """Everything that needs the journal; `__init__` closes it if this fails."""
         self.classifier: Classifier = load_classifier(config)  # raises ModelError
         self.reload_error: Optional[str] = None
         self.last_reload: Optional[str] = None

@@ -82,7 +82,8 @@ def _looks_truncated(data: bytes, fmt: str) -> bool:
         # contain one); data after the EOI (padding, camera trailers) is not truncation
         return data.find(b"\xff\xd9", max(0, data.rfind(b"\xff\xda"))) < 0
     if fmt == "PNG":
-        return b"IEND" not in data[-32:]
+        # the whole IEND chunk (length 0, type, CRC); bytes after it are not truncation
+        return b"\x00\x00\x00\x00IEND\xaeB`\x82" not in data
     return False
 
 

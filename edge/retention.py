@@ -219,10 +219,13 @@ class Retention:
         now = time.time() if now is None else now
         cfg = self.store.cfg
         cutoff_day = time.strftime("%Y-%m-%d", time.gmtime(now - cfg.archive_max_days * 86400))
+        # The pipeline may be creating and filling yesterday's or today's folder right now:
+        # removing it between its mkdir and the file's rename would lose that file's copy.
+        recent_day = time.strftime("%Y-%m-%d", time.gmtime(now - 86400))
         summary = {"days_removed": 0, "files_removed": 0, "quarantine_removed": 0}
         for root in (self.store.archive, self.store.thumbs, self.store.annotated):
             for d in _day_dirs(root):
-                if d.name < cutoff_day or cfg.archive_max_days == 0:
+                if d.name < cutoff_day or (cfg.archive_max_days == 0 and d.name < recent_day):
                     shutil.rmtree(d, ignore_errors=True)
                     summary["days_removed"] += 1
         summary["files_removed"] = self._limit_size(int(cfg.archive_max_gb * 1024 ** 3))
@@ -238,8 +241,9 @@ class Retention:
                                                      now=now)
         for root in (self.store.archive, self.store.thumbs, self.store.annotated):
             for d in _day_dirs(root):
-                with contextlib.suppress(OSError):
-                    d.rmdir()  # only succeeds when empty
+                if d.name < recent_day:
+                    with contextlib.suppress(OSError):
+                        d.rmdir()  # only succeeds when empty
         self.last_run, self.last_summary = now, summary
         if any(summary.values()):
             log.info("retention: removed %s", ", ".join(f"{k}={v}" for k, v in summary.items()))

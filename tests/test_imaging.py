@@ -97,3 +97,12 @@ def test_jpeg_end_is_found_after_the_last_scan_not_in_the_last_bytes() -> None:
     with pytest.raises(ImageError) as exc:
         imaging.decode(with_thumb[: len(app1) + len(main) // 2])
     assert exc.value.reason == "truncated"
+
+
+def test_png_with_trailing_bytes_decodes_but_a_cut_png_does_not() -> None:
+    rng = np.random.default_rng(2)
+    png = _encode(".png", rng.integers(0, 255, (120, 90, 3), dtype=np.uint8))
+    assert imaging.decode(png + b"\x00" * 512).shape == (120, 90, 3)
+    with pytest.raises(ImageError) as exc:
+        imaging.decode(png[: len(png) - 40])
+    assert exc.value.reason in ("truncated", "undecodable")

@@ -277,8 +277,13 @@ def test_retention_by_age_size_and_rows(tmp_path: Path) -> None:
                     "status": "ok", "positive": True})
     journal.record({"id": new_id(), "time": utc_iso(), "source": "t", "status": "ok",
                     "positive": False})
+    empty_today = store.annotated / today  # the pipeline may be about to move a file in
+    empty_today.mkdir(parents=True)
+    empty_older = store.annotated / time.strftime("%Y-%m-%d", time.gmtime(time.time() - 5 * 86400))
+    empty_older.mkdir()
     summary = Retention(store, journal).run()
     assert not old_day.exists() and not (store.thumbs / "2020-01-01").exists()
+    assert empty_today.is_dir() and not empty_older.exists()
     left = sorted(p.name for p in day.iterdir())
     assert len(left) == 3 and summary["files_removed"] == 2
     assert left[0].endswith("__2.bmp"), "the oldest archived inputs go first"
@@ -297,3 +302,23 @@ def test_status_is_json_and_complete(daemon: Daemon) -> None:
                                    "queue_depth", "uptime_s"}
     assert "queued; model" in daemon.summary()
     assert daemon.request_capture() is False
+
+
+def test_daemon_that_cannot_load_its_model_closes_the_journal(tmp_path: Path, model_copy: Path) -> None:
+    """An embedding program that retries must not accumulate open journal connections."""
+    from edge.inference import ModelError
+
+    (tmp_path / "e").mkdir()
+    env = Env(tmp_path / "e", model_copy)
+    cfg = env.config()
+    model_copy.with_suffix(".bin").write_bytes(b"not weights")
+
+    def journal_fds() -> int:
+        return sum(1 for fd in Path("/proc/self/fd").iterdir()
+                   if os.path.realpath(fd).startswith(str(env.data)))
+
+    for _ in range(3):
+        with pytest.raises(ModelError):
+            Daemon(cfg)
+    assert (env.data / "journal.sqlite3").exists(), "the journal was opened before the model"
+    assert journal_fds() == 0
