@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from trainer import LABELS, POSITIVE_LABEL, TrainerError
-from trainer.train import read_json, write_json
+from trainer.train import read_json, read_run_config, write_json
 
 log = logging.getLogger("trainer")
 POS = LABELS.index(POSITIVE_LABEL)
@@ -101,16 +101,16 @@ def predict(model, x: np.ndarray) -> np.ndarray:
 
 def run(run_dir: Path, data: Optional[Path] = None, target_recall: Optional[float] = None,
         n_boot: int = 1000) -> dict:
-    run_dir = Path(run_dir)
-    cfg = read_json(run_dir / "config.json")
-    splits = read_json(run_dir / "splits.json")
-    dmeta = read_json(run_dir / "data.json")
-    if not (run_dir / "model.keras").is_file():
-        raise TrainerError(f"{run_dir}/model.keras is missing: the training run did not finish")
     if target_recall is not None and not 0 < target_recall <= 1:
         raise TrainerError("--target-recall must be in (0, 1]")
     if n_boot < 1:   # 0 or less silently wrote metrics without their 95% intervals
         raise TrainerError("--bootstrap must be at least 1 (resamples for the 95% intervals)")
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    splits = read_json(run_dir / "splits.json")
+    dmeta = read_json(run_dir / "data.json")
+    if not (run_dir / "model.keras").is_file():
+        raise TrainerError(f"{run_dir}/model.keras is missing: the training run did not finish")
     root = Path(data) if data else Path(cfg["data"])
     if not root.is_dir():
         raise TrainerError(f"data directory {root} is gone; pass --data to where the set lives now")

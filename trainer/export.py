@@ -22,7 +22,7 @@ from edge.model_meta import ModelMeta
 from edge.preprocess import to_tensor
 from trainer import LABELS, POSITIVE_LABEL, TrainerError
 from trainer.synth import SYNTHETIC_NOTE
-from trainer.train import read_json
+from trainer.train import read_json, read_run_config
 
 log = logging.getLogger("trainer")
 NCS2_OPSETS = {f"opset{i}" for i in range(1, 11)}  # OpenVINO 2022.3 LTS
@@ -84,7 +84,7 @@ def run(run_dir: Path, out: Path, precision: str = "fp16", name: Optional[str] =
     if precision not in PRECISIONS:
         raise TrainerError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     run_dir, out = Path(run_dir), Path(out)
-    cfg = read_json(run_dir / "config.json")
+    cfg = read_run_config(run_dir)
     splits = read_json(run_dir / "splits.json")
     dmeta = read_json(run_dir / "data.json")
     if not (run_dir / "metrics.json").is_file():

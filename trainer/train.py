@@ -55,6 +55,19 @@ def read_json(path: Path) -> dict:
         raise TrainerError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
+RUN_CONFIG_KEYS = ("data", "seed", "arch")
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """`config.json` of a run, with the keys evaluate and export rely on checked."""
+    cfg = read_json(Path(run_dir) / "config.json")
+    missing = [k for k in RUN_CONFIG_KEYS if k not in cfg] if isinstance(cfg, dict) else list(RUN_CONFIG_KEYS)
+    if missing:
+        raise TrainerError(f"{run_dir}/config.json lacks {', '.join(missing)}: it was not written by this "
+                           "trainer's `train`; train again")
+    return cfg
+
+
 def _read_test_list(path: str) -> List[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()

@@ -100,6 +100,13 @@ def test_evaluate_not_a_run(tmp_path) -> None:
     _fails_cleanly(["evaluate", "--run", str(tmp_path)], "config.json is missing", "made by `train`")
 
 
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_run_config_from_elsewhere(tmp_path, command) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 3}))
+    extra = ["--out", str(tmp_path / "m")] if command == "export" else []
+    _fails_cleanly([command, "--run", str(tmp_path), *extra], "config.json lacks data, seed, arch", "train again")
+
+
 def test_export_before_evaluate(tmp_path, idb2_set) -> None:
     run = tmp_path / "run"
     run.mkdir()
