@@ -6,7 +6,9 @@ client can tell "too big" (413) from "not an image" (415) from "broken image" (4
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from typing import Any, Dict, Optional
 
 from flask import Flask, jsonify
@@ -25,6 +27,9 @@ REASON_STATUS = {
     "undecodable": 400,
     "internal_error": 500,
 }
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT}
 
 
 class ApiError(Exception):
@@ -76,6 +81,17 @@ def install(app: Flask, max_upload_mb: float) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         return error_response(exc.code or 500, _snake(exc.name), exc.description or exc.name)
+
+    @app.errorhandler(sqlite3.Error)
+    @app.errorhandler(OSError)
+    def _storage(exc: Exception):
+        """A full or failing SD card is an operating condition, not a bug: one line, 503."""
+        if isinstance(exc, OSError) and exc.errno not in STORAGE_ERRNOS:
+            return _unexpected(exc)
+        log.error("storage error while serving a request: %s: %s", type(exc).__name__, exc)
+        return error_response(503, "storage_unavailable",
+                              f"the journal or data directory cannot be written ({exc}); "
+                              "the operator must free space or fix the storage")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

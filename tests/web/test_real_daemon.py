@@ -92,6 +92,27 @@ def test_bad_uploads_are_4xx_journaled_and_daemon_stays_up(real, jpeg_bytes, hug
     assert real.daemon.journal.count() == len(cases)
 
 
+def test_full_storage_is_a_clean_503_and_the_daemon_recovers(real, jpeg_bytes, monkeypatch, caplog):
+    import sqlite3
+
+    journal = real.daemon.journal
+    real_record_many = journal.record_many
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(journal, "record_many", disk_full)
+    body, headers = multipart("file", "a.jpg", jpeg_bytes, "image/jpeg")
+    with caplog.at_level("ERROR", logger="edge.web"):
+        e = assert_json_error(real.post("/api/v1/classify", body, headers=headers), 503,
+                              "storage_unavailable")
+    assert "disk is full" in e["message"]
+    assert "Traceback" not in caplog.text and "storage error" in caplog.text
+    monkeypatch.setattr(journal, "record_many", real_record_many)
+    r = real.post("/api/v1/classify", body, headers=headers)
+    assert r.status == 200 and r.json()["status"] == "ok"
+
+
 def test_concurrent_uploads_each_get_one_outcome(real, cnmc_sample):
     cells = sorted(cnmc_sample.glob("fold_*/*/*.bmp"))[:24]
     replies = {}
