@@ -125,3 +125,17 @@ def read(
     except OSError as exc:
         raise ImageError("unreadable", f"cannot read file: {exc.strerror}") from None
     return decode(data, max_pixels=max_pixels, target=target)
+
+
+def fit_within(image_bgr: np.ndarray, max_side: int) -> Tuple[np.ndarray, float]:
+    """Shrink (never enlarge) so the longer side is at most `max_side`; returns (image, scale).
+
+    For previews (thumbnails, annotated fields), not for model input: that is edge.preprocess.
+    The input itself is returned unchanged when it already fits.
+    """
+    h, w = image_bgr.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale >= 1.0:
+        return image_bgr, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA), scale

@@ -122,11 +122,7 @@ def read_claimed(path: Path, stored: Optional[str] = None,
 
 
 def thumbnail(image_bgr: np.ndarray, size: int = THUMB_SIZE) -> Optional[bytes]:
-    h, w = image_bgr.shape[:2]
-    scale = min(1.0, size / max(h, w))
-    small = image_bgr if scale >= 1.0 else cv2.resize(
-        image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
-        interpolation=cv2.INTER_AREA)
+    small, _ = imaging.fit_within(image_bgr, size)
     ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return buf.tobytes() if ok else None
 

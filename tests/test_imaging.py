@@ -106,3 +106,12 @@ def test_png_with_trailing_bytes_decodes_but_a_cut_png_does_not() -> None:
     with pytest.raises(ImageError) as exc:
         imaging.decode(png[: len(png) - 40])
     assert exc.value.reason in ("truncated", "undecodable")
+
+
+def test_fit_within_shrinks_never_enlarges() -> None:
+    img = np.zeros((1944, 2592, 3), np.uint8)
+    small, scale = imaging.fit_within(img, 160)
+    assert small.shape == (120, 160, 3) and scale == pytest.approx(160 / 2592)
+    tiny = np.zeros((10, 20, 3), np.uint8)
+    same, scale = imaging.fit_within(tiny, 160)
+    assert same is tiny and scale == 1.0

@@ -7,6 +7,8 @@ from typing import Any, Dict, List
 import cv2
 import numpy as np
 
+from edge.imaging import fit_within
+
 POSITIVE_BGR = (40, 40, 230)  # red: at/above the threshold (blast)
 NEGATIVE_BGR = (60, 170, 40)  # green: below the threshold
 MAX_SIDE = 1600  # px; the status page and API show a preview, not a 5 Mpx original
@@ -14,10 +16,9 @@ MAX_SIDE = 1600  # px; the status page and API show a preview, not a 5 Mpx origi
 
 def annotate(image_bgr: np.ndarray, items: List[Dict[str, Any]], positive_label: str) -> np.ndarray:
     """A downscaled copy with a box and probability per cell (red = positive, green = not)."""
-    h, w = image_bgr.shape[:2]
-    scale = min(1.0, MAX_SIDE / max(h, w))
-    out = image_bgr.copy() if scale == 1.0 else cv2.resize(
-        image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    out, scale = fit_within(image_bgr, MAX_SIDE)
+    if out is image_bgr:
+        out = image_bgr.copy()  # we draw on it
     thick = max(1, round(max(out.shape[:2]) / 400))
     font = max(0.4, max(out.shape[:2]) / 1600)
     for item in items:

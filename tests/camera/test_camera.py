@@ -50,6 +50,12 @@ def running(daemon: RecordingDaemon, backend: Optional[Any] = None) -> CameraSou
     return src
 
 
+def running_picamera2() -> Tuple[RecordingDaemon, CameraSource]:
+    """A started picamera2 source (against the FAKE module) capturing small frames every 50 ms."""
+    daemon = RecordingDaemon(config(backend="picamera2", width=96, height=64, interval_seconds=0.05))
+    return daemon, running(daemon)
+
+
 def mean_bgr(img: np.ndarray) -> Tuple[int, ...]:
     return tuple(int(round(v)) for v in img.reshape(-1, 3).mean(axis=0))
 
@@ -307,9 +313,7 @@ def test_picamera2_capture_against_the_fake(fake_world: Any) -> None:
 
 def test_picamera2_unplugged_then_connected(fake_world: Any) -> None:
     fake_world.cameras = 0
-    daemon = RecordingDaemon(config(backend="picamera2", width=96, height=64,
-                                    interval_seconds=0.05))
-    src = running(daemon)
+    daemon, src = running_picamera2()
     try:
         wait_until(lambda: src.health()[0].state == "fail", 10, "unplugged to be reported")
         assert src.health()[0].detail["last_error"]["reason"] == "unplugged"
@@ -321,9 +325,7 @@ def test_picamera2_unplugged_then_connected(fake_world: Any) -> None:
 
 def test_picamera2_busy_then_released(fake_world: Any) -> None:
     fake_world.busy = True
-    daemon = RecordingDaemon(config(backend="picamera2", width=96, height=64,
-                                    interval_seconds=0.05))
-    src = running(daemon)
+    daemon, src = running_picamera2()
     try:
         wait_until(lambda: src.consecutive_failures >= 1, 10, "busy to be reported")
         err = src.health()[0].detail["last_error"]
@@ -336,9 +338,7 @@ def test_picamera2_busy_then_released(fake_world: Any) -> None:
 
 def test_picamera2_empty_frames_and_capture_errors(fake_world: Any) -> None:
     fake_world.empty_frames = True
-    daemon = RecordingDaemon(config(backend="picamera2", width=96, height=64,
-                                    interval_seconds=0.05))
-    src = running(daemon)
+    daemon, src = running_picamera2()
     try:
         wait_until(lambda: src.consecutive_failures >= 2, 10, "empty frames to be reported")
         assert src.health()[0].detail["last_error"]["reason"] == "empty_frame"
