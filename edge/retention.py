@@ -137,12 +137,7 @@ class Store:
         return self.annotated / day_of(result["time"]) / f"{result['id']}.jpg"
 
     def write_file(self, path: Path, data: bytes) -> None:
-        """Write via a temporary name so a crash never leaves a half file under the real name."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
 
     def place(self, src: Optional[Path], data: Optional[bytes], target: Optional[Path],
               result: Dict[str, Any]) -> None:
@@ -161,6 +156,20 @@ class Store:
                                                   "reason", "detail")}
             self.write_file(target.with_name(target.name + ".reason.json"),
                             (json.dumps(reason, ensure_ascii=False, indent=2) + "\n").encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary name so a crash never leaves a half file under the real name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _remove(path: Path) -> None:

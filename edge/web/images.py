@@ -8,15 +8,14 @@ Thumbnails are made lazily on first request and cached under `data_dir/thumbs/`.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from edge import imaging
 from edge.pipeline import THUMB_SIZE
 from edge.pipeline import thumbnail as make_thumbnail
+from edge.retention import write_atomic
 
 # the overlay's boxes are thin: the page shows this at <=320 CSS px, sharp at 2x density
 ANNOTATED_THUMB_SIZE = 640
@@ -76,13 +75,6 @@ def thumbnail(source: Path, cached: Optional[Path], max_pixels: int,
     if data is None:
         raise imaging.ImageError("undecodable", "could not encode a thumbnail")
     if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".tmp-", suffix=".jpg")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, cached)
-        except OSError:  # a full or read-only disk must not break the page; serve uncached
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(tmp)
+        with contextlib.suppress(OSError):  # a full or read-only disk must not break the page
+            write_atomic(cached, data)
     return data
