@@ -99,6 +99,10 @@ class AuthConfig(Section):
     token_file: Optional[Path] = None
     token_env: Optional[str] = "ALL_EDGE_API_TOKEN"
     token_credential: Optional[str] = "api-token"
+    max_failed_logins: int = Field(10, ge=0, description="wrong credentials from one address before "
+                                   "it is locked out (0 = never)")
+    lockout_seconds: float = Field(300, gt=0, le=86400, description="the window those failures are "
+                                   "counted in, and how long a lockout lasts")
 
 
 class ServerConfig(Section):

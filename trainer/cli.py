@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
+    t.add_argument("--lr-decay", type=float, default=1e-6,
+                   help="learning rate / (1 + decay x step), Keras 2's Adam decay (paper: 1e-6; 0 = off)")
     t.add_argument("--seed", type=int, default=2, help="seeds split, augmentation and weights (paper: 2)")
     t.add_argument("--val-frac", type=float, default=0.15)
     t.add_argument("--test-frac", type=float, default=0.15)
@@ -80,7 +82,8 @@ def _train_cfg(a: argparse.Namespace):
     from trainer.train import TrainConfig
 
     return TrainConfig(data=a.data, out=a.out, format=a.format, arch=a.arch, epochs=a.epochs,
-                       batch_size=a.batch_size, lr=a.lr, seed=a.seed, val_frac=a.val_frac, test_frac=a.test_frac,
+                       batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay, seed=a.seed, val_frac=a.val_frac,
+                       test_frac=a.test_frac,
                        test_list=a.test_list, patience=a.patience, augment=a.augment,
                        class_weight=a.class_weight, deterministic=a.deterministic, cache_mb=a.cache_mb)
 

@@ -32,7 +32,8 @@ def make_demo_model(out: Path, work: Path, n: int, epochs: int, seed: int, progr
     _fresh(run_dir, "config.json")
     generate(data, "all-idb2", n, seed, progress=progress)
     cfg = train.TrainConfig(data=str(data), out=str(run_dir), format="all-idb2", arch="paper", epochs=epochs,
-                            batch_size=16, lr=1e-4, seed=seed, patience=8, deterministic=True)
+                            batch_size=16, lr=1e-4, lr_decay=0.0, seed=seed, patience=8,
+                            deterministic=True)  # as models/default was made
     train.run(cfg, progress=progress)
     evaluate.run(run_dir)
     meta = export.run(run_dir, Path(out), "fp16", name="all-demo-synthetic", version=f"0.1.0-synthetic-seed{seed}")

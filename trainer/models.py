@@ -7,8 +7,11 @@ from typing import Sequence
 ARCHS = ("paper", "cnmc2x2")
 
 
-def build(arch: str, input_hwc: Sequence[int], n_classes: int = 2, lr: float = 1e-4):
-    """A compiled Keras model whose output is softmax probabilities in LABELS order."""
+def build(arch: str, input_hwc: Sequence[int], n_classes: int = 2, lr: float = 1e-4, lr_decay: float = 1e-6):
+    """A compiled Keras model whose output is softmax probabilities in LABELS order.
+
+    `lr_decay` is Keras 2's Adam `decay` (the paper's 1e-6), which Keras 3 removed:
+    lr / (1 + lr_decay * step), rebuilt here as the equivalent InverseTimeDecay schedule."""
     import keras
     from keras import layers as L
 
@@ -32,6 +35,7 @@ def build(arch: str, input_hwc: Sequence[int], n_classes: int = 2, lr: float = 1
     x = L.Dense(n_classes)(x)
     out = L.Softmax(name="probabilities")(x)
     model = keras.Model(inp, out, name=f"all_{arch}")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="categorical_crossentropy",
+    rate = keras.optimizers.schedules.InverseTimeDecay(lr, decay_steps=1, decay_rate=lr_decay) if lr_decay else lr
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=rate), loss="categorical_crossentropy",
                   metrics=["accuracy", keras.metrics.AUC(name="auc")])
     return model

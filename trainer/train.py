@@ -31,6 +31,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-4
+    lr_decay: float = 1e-6
     seed: int = 2
     val_frac: float = 0.15
     test_frac: float = 0.15
@@ -87,6 +88,8 @@ def _check(cfg: TrainConfig) -> None:
         raise TrainerError("--val-frac and --test-frac must be between 0 and 0.5")
     if cfg.lr <= 0:
         raise TrainerError("--lr must be positive")
+    if cfg.lr_decay < 0:
+        raise TrainerError("--lr-decay must be 0 (off) or positive")
 
 
 def run(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -140,7 +143,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> Path:
     y_train = labels_for(splits["train"], label_of)
     train_ds = train_dataset(store, splits["train"], y_train, cfg.batch_size, cfg.seed, augment=cfg.augment)
     x_val, y_val = split_arrays(store, splits["val"], label_of)
-    model = build(cfg.arch, (spec.height, spec.width, 3), len(LABELS), cfg.lr)
+    model = build(cfg.arch, (spec.height, spec.width, 3), len(LABELS), cfg.lr, cfg.lr_decay)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.CSVLogger(str(out / "history.csv")),

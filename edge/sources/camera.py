@@ -339,11 +339,18 @@ class CameraSource(Component):
                  self.cfg.on_change, self.cfg.analysis)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Only the camera thread touches the handle: closing it under a read that is still
+        running can crash the driver. A thread stuck in a read closes it when the read returns."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._close()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        if thread is not None and thread.is_alive():
+            log.warning("camera thread still inside a read after %.0f s; it closes the camera "
+                        "when the read returns", timeout)
+        else:
+            self._close()
         with self._lock:
             for req in self._requests:
                 req.done.set()
@@ -365,14 +372,17 @@ class CameraSource(Component):
     # ------------------------------------------------------------------ worker
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._step()
-            except Exception as exc:  # a bug must not kill the source silently
-                log.error("camera loop error: %s: %s", type(exc).__name__, _first_line(exc))
-                self._fail(CameraError("internal_error", _first_line(exc)))
-            self._wake.wait(self._sleep_time())
-            self._wake.clear()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except Exception as exc:  # a bug must not kill the source silently
+                    log.error("camera loop error: %s: %s", type(exc).__name__, _first_line(exc))
+                    self._fail(CameraError("internal_error", _first_line(exc)))
+                self._wake.wait(self._sleep_time())
+                self._wake.clear()
+        finally:
+            self._close()
 
     def _sleep_time(self) -> float:
         now = time.monotonic()

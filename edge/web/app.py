@@ -11,6 +11,7 @@ from edge.web import api, errors, page
 from edge.web.auth import Credentials, load_credentials
 from edge.web.context import EXTENSION, WebContext
 from edge.web.metrics import Metrics
+from edge.web.throttle import FailedLogins
 
 MB = 1024 * 1024
 
@@ -43,7 +44,9 @@ def create_app(daemon: Any, *, credentials: Optional[Credentials] = None,
     app.json = _JSON(app)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes(daemon)
     creds = credentials if credentials is not None else load_credentials(daemon.config.server)
-    ctx = WebContext(daemon=daemon, creds=creds, metrics=metrics or Metrics())
+    auth = daemon.config.server.auth
+    ctx = WebContext(daemon=daemon, creds=creds, metrics=metrics or Metrics(),
+                     logins=FailedLogins(auth.max_failed_logins, auth.lockout_seconds))
     app.extensions[EXTENSION] = ctx
     errors.install(app, daemon.config.server.max_upload_mb)
     app.register_blueprint(page.bp)

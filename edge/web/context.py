@@ -14,6 +14,7 @@ from edge.config import ServerConfig, StorageConfig
 from edge.web.auth import Credentials, challenge, check_authorization
 from edge.web.errors import ApiError
 from edge.web.metrics import Metrics
+from edge.web.throttle import FailedLogins
 
 log = logging.getLogger("edge.web")
 EXTENSION = "all_edge_web"
@@ -33,6 +34,7 @@ class WebContext:
     daemon: Any
     creds: Credentials
     metrics: Metrics = field(default_factory=Metrics)
+    logins: FailedLogins = field(default_factory=FailedLogins)
 
     @property
     def server(self) -> ServerConfig:
@@ -73,11 +75,22 @@ def protected(view: Callable) -> Callable:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any):
         ctx = current()
-        if not check_authorization(ctx.creds, request.headers.get("Authorization")):
-            log.info("unauthenticated %s %s from %s", request.method, request.path,
-                     request.remote_addr)
+        addr = request.remote_addr or "?"
+        wait = ctx.logins.retry_after(addr)
+        if wait:
+            raise ApiError(429, "locked_out", f"too many wrong credentials from {addr}; try again in "
+                           f"{wait} s", headers={"Retry-After": str(wait)})
+        header = request.headers.get("Authorization")
+        if not check_authorization(ctx.creds, header):
+            if header and ctx.logins.failed(addr):   # only wrong credentials count, not a browser's first try
+                log.warning("locked out %s for %.0f s after %d wrong credentials", addr,
+                            ctx.logins.window, ctx.logins.limit)
+            else:
+                log.info("unauthenticated %s %s from %s", request.method, request.path, addr)
             raise ApiError(401, "unauthorized", "credentials required (HTTP Basic or Bearer)",
                            headers={"WWW-Authenticate": challenge(ctx.creds)})
+        if header:
+            ctx.logins.succeeded(addr)
         return view(*args, **kwargs)
 
     return wrapper

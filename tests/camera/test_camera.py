@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -374,3 +375,42 @@ def test_waiting_for_a_missing_camera_does_not_spin(tmp_path: Path) -> None:
         src.stop()
     # one wake-up per retry (plus a few), not a 10 ms poll while the backoff runs out
     assert len(steps) <= 3 * src.status()["failures"] + 3, (len(steps), src.status())
+
+
+class HangingBackend:
+    """A TEST DOUBLE whose read() hangs until released, like a wedged USB camera."""
+
+    name = "hanging"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.reading = threading.Event()
+        self.events: List[Tuple[str, str]] = []   # (what, thread name)
+
+    def open(self) -> None:
+        self.events.append(("open", threading.current_thread().name))
+
+    def read(self) -> np.ndarray:
+        self.reading.set()
+        self.release.wait(30)
+        self.events.append(("read-returned", threading.current_thread().name))
+        return solid((90, 90, 90))
+
+    def close(self) -> None:
+        self.events.append(("close", threading.current_thread().name))
+
+
+def test_stop_never_closes_the_camera_under_a_hung_read(tmp_path: Path) -> None:
+    backend = HangingBackend()
+    daemon = RecordingDaemon(config(backend="opencv", interval_seconds=60))
+    src = running(daemon, backend)
+    try:
+        assert backend.reading.wait(10)
+        src.stop(timeout=0.2)
+        assert ("close", "MainThread") not in backend.events, backend.events
+    finally:
+        backend.release.set()
+    wait_until(lambda: ("close", "camera") in backend.events, 10, "the camera thread to close it")
+    closes = [e for e in backend.events if e[0] == "close"]
+    assert closes == [("close", "camera")]
+    assert backend.events.index(("read-returned", "camera")) < backend.events.index(("close", "camera"))

@@ -237,9 +237,11 @@ def test_journal_failure_is_logged_once_and_not_fatal(
         assert edge.wait_state("connected")
         edge.journal.close()                     # every journal call now raises
         edge.hias.outbox.set_connected(True)     # force an outbox read on the next tick
-        time.sleep(0.5)
-        failures = [r for r in caplog.records if "publishing step failed" in r.getMessage()]
-        assert len(failures) == 1 and failures[0].exc_info is None
+        def failures() -> list:
+            return [r for r in caplog.records if "publishing step failed" in r.getMessage()]
+        wait_until(failures, timeout=10, what="the publishing failure to be logged")
+        time.sleep(0.5)                          # several more ticks, all failing
+        assert len(failures()) == 1 and failures()[0].exc_info is None
         assert edge.hias._thread.is_alive() and edge.wait_state("connected")
         outbox = next(c for c in edge.hias.health() if c.name == "hias-outbox")
         assert outbox.state == "warn" and outbox.summary == "outbox unreadable"
