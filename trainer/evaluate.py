@@ -5,6 +5,7 @@ Writes RUN_DIR/metrics.json, roc.png and confusion.png.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -99,6 +100,35 @@ def predict(model, x: np.ndarray) -> np.ndarray:
     return model.predict(x, batch_size=64, verbose=0)[:, POS] if len(x) else np.zeros(0)
 
 
+def _labels(run_dir: Path, dmeta: dict) -> Dict[str, int]:
+    try:
+        return {f["path"]: LABELS.index(f["label"]) for f in dmeta["files"]}
+    except (KeyError, TypeError, ValueError):
+        raise TrainerError(f"{run_dir}/data.json does not list files with labels {' or '.join(LABELS)}: "
+                           "it was not written by this trainer's `train`; train again") from None
+
+
+def _check_same_files(root: Path, paths: List[str], dmeta: dict) -> None:
+    """Same names are not the same images: a re-exported or re-stained set under the same names
+    would give metrics on data the split never held out. Compare content with data.json."""
+    expected = {f["path"]: f.get("sha256") for f in dmeta["files"]}
+    changed = []
+    for p in paths:
+        want = expected.get(p)
+        if want is None:
+            continue
+        try:
+            got = hashlib.sha256((root / p).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise TrainerError(f"cannot read {root / p}: {exc.strerror}") from None
+        if got != want:
+            changed.append(p)
+    if changed:
+        raise TrainerError(f"{len(changed)} validation/test file(s) under {root} differ from the ones this run "
+                           f"was trained and split on (sha256 in data.json), e.g. {changed[0]}; the metrics "
+                           "would not be on its held-out data. Pass --data to the original set.")
+
+
 def run(run_dir: Path, data: Optional[Path] = None, target_recall: Optional[float] = None,
         n_boot: int = 1000) -> dict:
     if target_recall is not None and not 0 < target_recall <= 1:
@@ -114,11 +144,12 @@ def run(run_dir: Path, data: Optional[Path] = None, target_recall: Optional[floa
     root = Path(data) if data else Path(cfg["data"])
     if not root.is_dir():
         raise TrainerError(f"data directory {root} is gone; pass --data to where the set lives now")
-    label_of = {f["path"]: LABELS.index(f["label"]) for f in dmeta["files"]}
+    label_of = _labels(run_dir, dmeta)
     missing = [p for k in ("val", "test") for p in splits[k] if not (root / p).is_file()]
     if missing:
         raise TrainerError(f"{len(missing)} validation/test file(s) are missing under {root}, "
                            f"e.g. {missing[0]}; pass --data to the set this run was trained on")
+    _check_same_files(root, [p for k in ("val", "test") for p in splits[k]], dmeta)
 
     from trainer.env import setup_tensorflow
 

@@ -147,3 +147,33 @@ def test_evaluate_bootstrap_must_resample(tmp_path, n) -> None:
         (run / f).write_text("{}")
     (run / "model.keras").write_bytes(b"")
     _fails_cleanly(["evaluate", "--run", str(run), "--bootstrap", n], "--bootstrap must be at least 1")
+
+
+def test_evaluate_refuses_changed_images_under_the_same_names(tmp_path, idb2_set) -> None:
+    """--data pointing at a set whose files kept their names but not their content."""
+    import hashlib
+
+    files = sorted(p.name for p in idb2_set.glob("*.tif"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(idb2_set), "seed": 1, "arch": "paper"}))
+    (run / "splits.json").write_text(json.dumps({"train": files[4:], "val": files[:2], "test": files[2:4]}))
+    (run / "data.json").write_text(json.dumps({"files": [
+        {"path": f, "label": "ALL" if f.endswith("_1.tif") else "normal",
+         "sha256": hashlib.sha256((idb2_set / f).read_bytes()).hexdigest()} for f in files]}))
+    (run / "model.keras").write_bytes(b"")
+    moved = tmp_path / "moved"
+    shutil.copytree(idb2_set, moved)
+    shutil.copy(moved / files[0], moved / files[3])           # a test file now holds other pixels
+    _fails_cleanly(["evaluate", "--run", str(run), "--data", str(moved)],
+                   "1 validation/test file(s)", files[3], "differ from the ones this run was trained", "sha256")
+
+
+def test_evaluate_data_json_with_unknown_labels(tmp_path, idb2_set) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": str(idb2_set), "seed": 1, "arch": "paper"}))
+    (run / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": []}))
+    (run / "data.json").write_text(json.dumps({"files": [{"path": "Im001_0.tif", "label": "HEM"}]}))
+    (run / "model.keras").write_bytes(b"")
+    _fails_cleanly(["evaluate", "--run", str(run)], "data.json does not list files with labels normal or ALL")
