@@ -29,6 +29,15 @@ NAME_MAX_BYTES = 255
 _UNSAFE = re.compile(r"[\x00-\x1f/\\]")
 
 
+def fsync_dir(path: Path) -> None:
+    """Make renames into or out of `path` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def display_name(name: str) -> str:
     """A file name as valid UTF-8 text (undecodable bytes become U+FFFD) for journal and JSON."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -113,11 +122,7 @@ class Store:
 
     def sync_processing(self) -> None:
         """Make the claim renames durable before their results are (power loss safety)."""
-        fd = os.open(self.processing, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.processing)
 
     def rel(self, path: Optional[Path]) -> Optional[str]:
         return None if path is None else str(path.relative_to(self.root))

@@ -2,6 +2,9 @@
 
 A file is claimed by renaming it into `data_dir/processing/<id>__<name>`: from then on it has an
 id, and whatever happens (even `kill -9`) `recover()` at the next start finishes it exactly once.
+When the inbox is on another filesystem the rename is split in two: an atomic rename into
+`<inbox>/.claiming/<id>__<name>` (the claim), then a copy into processing/ (finished by
+`recover()` if interrupted), so even then a file is never taken twice.
 Everything that is not a settled regular image file (directories, symlinks, other extensions)
 is claimed too and ends in quarantine with a reason. Names starting with "." and the temporary
 suffixes below are left alone: copy tools write those and rename them when done.
@@ -23,11 +26,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from edge.component import Component, HealthCheck
 from edge.journal import new_id
 from edge.pipeline import Job, Stopped
-from edge.retention import display_name, split_stored, stored_name
+from edge.retention import display_name, fsync_dir, split_stored, stored_name
 
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart", "~")
+CLAIMING = ".claiming"   # in the inbox: claimed across filesystems, copy not finished
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -109,8 +113,8 @@ class FolderSource(Component):
         self.inbox.mkdir(parents=True, exist_ok=True)
         self._cross_device = os.stat(self.inbox).st_dev != os.stat(self.processing).st_dev
         if self._cross_device:
-            log.warning("inbox %s and data_dir are on different filesystems: claims copy, "
-                        "which is not atomic; put both on one filesystem", self.inbox)
+            log.info("inbox %s and data_dir are on different filesystems: claims are copied "
+                     "(through %s/%s)", self.inbox, self.inbox, CLAIMING)
         if self.cfg.use_inotify:
             self._start_observer()
         self._thread = threading.Thread(target=self._run, name="folder-source", daemon=True)
@@ -175,6 +179,8 @@ class FolderSource(Component):
         now = time.monotonic()
         self.last_scan = time.time()
         self._pass_error = None
+        if self._cross_device:
+            self._retry_held()
         # With inotify the poll is only a safety net (e.g. events lost on overflow).
         next_wait = self.cfg.poll_interval if self.mode == "polling" else max(
             self.cfg.poll_interval, 10.0)
@@ -234,35 +240,71 @@ class FolderSource(Component):
                     self._reported.add(msg)
                 self._pass_error = msg
                 return False
-            if not self._copy_claim(src, dst):
+            claimed = self._copy_claim(src, dst)
+            if claimed is None:
+                return True   # gone, or held in .claiming until the copy can be finished
+            if not claimed:
                 self._pass_error = f"cannot claim {display_name(name)} across filesystems"
                 return False
+        self._submit(dst, name)
+        return True
+
+    def _submit(self, path: Path, name: str) -> None:
+        """`name` is the inbox name; the stored name may be a shortened one."""
+        id = split_stored(path.name)[0]
         self.claimed += 1
         self.last_claim = time.time()
         job = Job(id=id, source="folder", name=name, analysis=self.cfg.analysis,
-                  received=time.time(), stored=stored, path=dst)
+                  received=time.time(), stored=path.name, path=path)
         submit_blocking(self.daemon.pipeline, job, self._stop)
-        return True
 
-    def _copy_claim(self, src: Path, dst: Path) -> bool:
-        """Claim across filesystems: copy to a hidden name, rename, then remove the original."""
-        tmp = dst.with_name("." + dst.name + ".claim")
+    def _copy_claim(self, src: Path, dst: Path) -> Optional[bool]:
+        """Claim across filesystems: an atomic rename within the inbox's filesystem first, so
+        a crash during the copy can neither lose the file nor leave it to be claimed again.
+        True: `dst` is ready; False: not claimed; None: nothing to submit now."""
+        held = self.inbox / CLAIMING / dst.name
         try:
             if src.is_symlink() or not src.is_file():
                 os.rename(src, dst)  # fails with EXDEV again: leave it for the operator
-            shutil.copy2(src, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.rename(tmp, dst)
-            src.unlink()
-            return True
+            held.parent.mkdir(exist_ok=True)
+            os.rename(src, held)
+        except FileNotFoundError:
+            return None   # someone else took it
         except OSError as exc:
             msg = f"cannot claim {display_name(src.name)} across filesystems: {exc.strerror}"
             if msg not in self._reported:  # once, not at every poll while it stays there
                 log.error("%s", msg)
                 self._reported.add(msg)
-            tmp.unlink(missing_ok=True)
             return False
+        return True if self._finish_held(held) else None
+
+    def _finish_held(self, held: Path) -> bool:
+        """Copy a held claim into processing/; on failure (e.g. data_dir full) it stays held
+        and every scan pass tries again."""
+        try:
+            finish_held_claim(held, self.processing / held.name)
+            return True
+        except OSError as exc:
+            msg = f"cannot copy {display_name(held.name)} into {self.processing}: {exc.strerror}"
+            if msg not in self._reported:
+                log.error("%s (it waits in %s)", msg, held.parent)
+                self._reported.add(msg)
+            self._pass_error = msg
+            return False
+
+    def _retry_held(self) -> None:
+        try:
+            held = sorted((self.inbox / CLAIMING).iterdir())
+        except OSError:
+            return
+        for path in held:
+            if self._stop.is_set():
+                return
+            if self.daemon.journal.get(split_stored(path.name)[0]) is not None:
+                path.unlink(missing_ok=True)   # its copy was processed; only the unlink failed
+                continue
+            if self._finish_held(path):
+                self._submit(self.processing / path.name, split_stored(path.name)[1])
 
     # ------------------------------------------------------------------ reporting
 
@@ -276,9 +318,7 @@ class FolderSource(Component):
             return [HealthCheck("folder source", "fail", "not running", detail)]
         summary = f"watching {self.inbox} ({self.mode}), {self.claimed} claimed"
         if self._cross_device:
-            return [HealthCheck("folder source", "warn", summary + "; inbox and data_dir are on "
-                                "different filesystems, so claims are copies (not atomic)",
-                                detail)]
+            summary += " (on another filesystem than data_dir: claims are copied)"
         return [HealthCheck("folder source", "ok", summary, detail)]
 
     def status(self) -> Dict[str, Any]:
@@ -301,15 +341,48 @@ def submit_blocking(pipeline: Any, job: Job, stop: threading.Event) -> bool:
     return False
 
 
+def finish_held_claim(held: Path, dst: Path) -> None:
+    """Copy a claim held in `<inbox>/.claiming` into processing/, durably, then let it go.
+    `dst` appears whole or not at all (copy to a hidden name, fsync, rename)."""
+    if not dst.exists():
+        tmp = dst.with_name("." + dst.name + ".claim")
+        try:
+            shutil.copy2(held, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.rename(tmp, dst)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(dst.parent)
+    held.unlink()
+
+
+def _finish_held_claims(daemon: Any) -> None:
+    held_dir = Path(daemon.config.sources.folder.path) / CLAIMING
+    try:
+        held = sorted(held_dir.iterdir())
+    except OSError:
+        return
+    for path in held:
+        try:
+            finish_held_claim(path, daemon.store.processing / path.name)
+            log.info("finished the interrupted claim of %s", display_name(path.name))
+        except OSError as exc:
+            log.error("cannot finish the claim of %s: %s (it stays in %s)", display_name(path.name),
+                      exc.strerror, held_dir)
+
+
 def recover(daemon: Any, stop: threading.Event) -> int:
     """Finish leftovers in processing/ after a crash: journaled ones are only moved on,
     the others are processed again under their original id. Returns the number found."""
     store, journal = daemon.store, daemon.journal
+    _finish_held_claims(daemon)
     count = 0
     for entry in sorted(os.listdir(store.processing)):
         path = store.processing / entry
         if entry.startswith("."):
-            # a half-done cross-filesystem claim copy: the original is still in the inbox
+            # a half-done cross-filesystem claim copy: the claim itself is in <inbox>/.claiming
             log.info("removing incomplete claim copy %s", display_name(entry))
             path.unlink(missing_ok=True)
             continue

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edge.daemon import Daemon
+from edge.journal import new_id
 from edge.sources.folder import open_for_writing
 from tests.conftest import CNMC_SAMPLE
 from tests.edge.conftest import Env
@@ -243,35 +244,91 @@ def test_unclaimable_file_is_reported_not_fatal(env: Env, running: Daemon,
     wait_until(lambda: running.component("folder").error is None, 5, what="error cleared")
 
 
-def test_inbox_on_another_filesystem(env: Env, tmp_path: Path, caplog) -> None:
-    """/dev/shm (tmpfs) as the inbox: claims copy + rename, and health warns about it; a
-    directory cannot be copied atomically, stays, and is reported once (not every poll)."""
+@pytest.fixture
+def shm_inbox(env: Env, tmp_path: Path) -> Iterator[Path]:
+    """An inbox on another filesystem than data_dir: /dev/shm (tmpfs)."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs a second filesystem (tmpfs at /dev/shm)")
     inbox = shm / f"all-edge-test-{os.getpid()}-{time.monotonic_ns()}"
     inbox.mkdir()
+    env.settings["sources"]["folder"]["path"] = str(inbox)
+    yield inbox
+    shutil.rmtree(inbox, ignore_errors=True)
+
+
+def test_inbox_on_another_filesystem(env: Env, shm_inbox: Path, caplog) -> None:
+    """Claims rename into <inbox>/.claiming, then copy; a directory cannot be copied, stays,
+    and is reported once (not every poll)."""
+    inbox = shm_inbox
+    d = Daemon(env.config())
+    d.start()
     try:
-        env.settings["sources"]["folder"]["path"] = str(inbox)
-        d = Daemon(env.config())
-        d.start()
-        try:
-            good = cnmc_files()[7].read_bytes()
-            (inbox / "x.bmp").write_bytes(good)
-            wait_until(lambda: len(env.rows()) == 1, 15, what="the cross-device file")
-            r = env.rows()[0]
-            assert r["status"] == "ok" and (env.data / r["image"]).read_bytes() == good
-            assert list(inbox.iterdir()) == []
-            check = next(h for h in d.health() if h.name == "folder source")
-            assert check.state == "warn" and "different filesystems" in check.summary
-            (inbox / "a-dir").mkdir()
-            folder = d.component("folder")
-            scans = wait_until(lambda: folder.last_scan, 5, what="a scan")
-            wait_until(lambda: folder.error, 10, what="the directory reported")
-            wait_until(lambda: (folder.last_scan or 0) > scans + 1.0, 10, what="more polls")
-            errors = [r for r in caplog.records if "a-dir across filesystems" in r.getMessage()]
-            assert len(errors) == 1 and (inbox / "a-dir").is_dir()
-        finally:
-            d.shutdown()
+        good = cnmc_files()[7].read_bytes()
+        (inbox / "x.bmp").write_bytes(good)
+        wait_until(lambda: len(env.rows()) == 1, 15, what="the cross-device file")
+        r = env.rows()[0]
+        assert r["status"] == "ok" and (env.data / r["image"]).read_bytes() == good
+        assert sorted(p.name for p in inbox.iterdir()) == [".claiming"]
+        assert list((inbox / ".claiming").iterdir()) == []
+        check = next(h for h in d.health() if h.name == "folder source")
+        assert check.state == "ok" and "another filesystem" in check.summary
+        (inbox / "a-dir").mkdir()
+        folder = d.component("folder")
+        scans = wait_until(lambda: folder.last_scan, 5, what="a scan")
+        wait_until(lambda: folder.error, 10, what="the directory reported")
+        wait_until(lambda: (folder.last_scan or 0) > scans + 1.0, 10, what="more polls")
+        errors = [r for r in caplog.records if "a-dir across filesystems" in r.getMessage()]
+        assert len(errors) == 1 and (inbox / "a-dir").is_dir()
     finally:
-        shutil.rmtree(inbox, ignore_errors=True)
+        d.shutdown()
+
+
+@pytest.mark.parametrize("copied", [False, True], ids=["crash-before-copy", "crash-before-release"])
+def test_a_claim_interrupted_across_filesystems_ends_once(env: Env, shm_inbox: Path, copied: bool) -> None:
+    """The states a kill -9 can leave in a cross-filesystem claim: held in <inbox>/.claiming,
+    with or without its finished copy in processing/. Either way: one result, nothing left."""
+    good = cnmc_files()[3].read_bytes()
+    id = new_id()
+    held = shm_inbox / ".claiming" / f"{id}__cell 1.bmp"
+    held.parent.mkdir()
+    held.write_bytes(good)
+    processing = env.data / "processing"
+    processing.mkdir(parents=True, exist_ok=True)
+    (processing / f".{held.name}.claim").write_bytes(good[:100])     # a half-written copy
+    if copied:
+        (processing / held.name).write_bytes(good)
+    d = Daemon(env.config())
+    d.start()
+    try:
+        wait_until(lambda: len(env.rows()) == 1, 15, what="the held claim's result")
+        time.sleep(0.5)                                                  # a few more polls
+        rows = env.rows()
+        assert len(rows) == 1 and rows[0]["id"] == id
+        assert rows[0]["name"] == "cell 1.bmp" and rows[0]["status"] == "ok"
+        assert list(held.parent.iterdir()) == [] and list(processing.iterdir()) == []
+    finally:
+        d.shutdown()
+
+
+def test_a_held_claim_waits_while_data_dir_refuses_it(env: Env, shm_inbox: Path, monkeypatch) -> None:
+    """A copy that fails (e.g. data_dir full) keeps the file held, reports it, and retries."""
+    import edge.sources.folder as folder
+
+    real_copy = folder.shutil.copy2
+    monkeypatch.setattr(folder.shutil, "copy2", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")))
+    d = Daemon(env.config())
+    d.start()
+    try:
+        (shm_inbox / "c.bmp").write_bytes(cnmc_files()[5].read_bytes())
+        src = d.component("folder")
+        wait_until(lambda: src.error and "No space left" in src.error, 10, what="the copy error")
+        assert [p.name.endswith("__c.bmp") for p in (shm_inbox / ".claiming").iterdir()] == [True]
+        assert env.rows() == []
+        monkeypatch.setattr(folder.shutil, "copy2", real_copy)
+        src._wake.set()
+        wait_until(lambda: len(env.rows()) == 1, 15, what="the retried claim")
+        assert list((shm_inbox / ".claiming").iterdir()) == []
+    finally:
+        d.shutdown()
