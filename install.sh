@@ -543,13 +543,13 @@ do_install() {
   validate "$id"
   local previous="$cur"
   switch_current "$id"
-  record_defaults
   install_unit "$id"
   if [ "$ACTION" = upgrade ] && [ "$cur" != "$id" ]; then
     restart_with_rollback "$id" "$cur"
   else
     start_service
   fi
+  record_defaults   # only once the release runs: after a rollback the old defaults stay recorded
   # Keep the release we came from (for a rollback); prune only when we actually switched.
   if [ "$DRY" = 0 ] && [ "$previous" != "$id" ]; then prune_releases "$id" "$previous"; fi
   say "done: release $id ($HW mode)"

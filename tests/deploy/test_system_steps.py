@@ -10,6 +10,7 @@ in which order, and what it does when a start fails; it is no proof that they wo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -84,7 +85,11 @@ class FakeSystem:
 
 
 def broken(src: Path) -> Path:
+    """A release that fails to start (fake systemctl) and brings a changed default."""
     (src / "docs" / "BROKEN.md").write_text("this release fails to start (fake systemctl)\n")
+    cfg = json.loads((src / "confs.json").read_text())
+    cfg["analysis"]["max_cells"] += 3
+    (src / "confs.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return src
 
 
@@ -125,10 +130,13 @@ def test_system_steps_start_and_rollback(tmp_path: Path, root: Path, source: Pat
 
     # an upgrade whose release does not start is rolled back to the previous release
     good = (root / "opt/all-edge/current").resolve()
+    dist = root / "etc/all-edge/confs.json.dist"
+    defaults = dist.read_bytes()
     proc = install("--upgrade", src=broken(copy_source(tmp_path / "broken")), check=False)
     assert proc.returncode == 1
     assert "upgrade failed and was rolled back" in proc.stderr
     assert (root / "opt/all-edge/current").resolve() == good
+    assert dist.read_bytes() == defaults, "the live release's defaults stay recorded"
     assert [c for c in fake.new_calls() if c.startswith("systemctl")] == [
         "systemctl restart all-edge", "systemctl restart all-edge"]
     assert fake.is_("active") and fake.is_("enabled")
