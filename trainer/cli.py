@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="validate, split (grouped, before augmenting), train; writes RUN_DIR")
     t.add_argument("--data", required=True, help="image set directory")
     t.add_argument("--format", default="auto", choices=["auto", "all-idb1", "all-idb2", "cnmc", "folders"])
-    t.add_argument("--out", required=True, help="new run directory")
+    t.add_argument("--out", required=True, help="new (or empty) run directory")
     t.add_argument("--arch", default="paper", choices=["paper", "cnmc2x2"], help="paper = Thanh et al. 2017")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=16)
@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo-model", help="synth + train + evaluate + export the SYNTHETIC default model")
     d.add_argument("--out", type=Path, default=Path("models/default"))
-    d.add_argument("--work", type=Path, default=Path("runs/demo"), help="synthetic data and run directory")
+    d.add_argument("--work", type=Path, default=Path("runs/demo"),
+                   help="synthetic data and run directory (marked DEMO-WORK.txt; its data/ and run/ are replaced)")
     d.add_argument("--n", type=int, default=DEMO_N)
     d.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     d.add_argument("--seed", type=int, default=DEMO_SEED)

@@ -8,6 +8,7 @@ directory, files whose names do not follow the layout, files that do not decode,
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ NEGATIVE_DIRS = {"normal", "hem", "healthy", "negative", "0"}
 # such subjects are one patient. Identical bytes are also merged by hash (see `groups`).
 CNMC_ALIASES = [{"20", "21"}, {"51", "75", "78"}, {"H2", "H4", "H5", "H6", "H10", "h3"}]
 SHOW = 5  # example file names in error messages
+SYNTHETIC_MARKERS = {"synthetic.txt", "synthetic.json"}  # what `synth` writes beside its images
+log = logging.getLogger("trainer")
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,12 @@ class Dataset:
                 "counts": self.counts(), "fingerprint": self.fingerprint(), "synthetic": self.synthetic}
 
 
-def _images(root: Path) -> List[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in imaging.SUPPORTED_SUFFIXES)
+def _walk(root: Path) -> Tuple[List[Path], List[Path]]:
+    """Image files, and synthetic markers anywhere under `root` (a synth set copied into a
+    subfolder of real data must still mark the whole set synthetic)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    images = [p for p in files if p.suffix.lower() in imaging.SUPPORTED_SUFFIXES]
+    return images, [p for p in files if p.name.lower() in SYNTHETIC_MARKERS]
 
 
 def _rel(root: Path, p: Path) -> str:
@@ -70,21 +77,23 @@ def _examples(paths: List[str]) -> str:
     return ", ".join(paths[:SHOW]) + more
 
 
-def _class_dir(p: Path, root: Path, names: set) -> Optional[str]:
-    for part in p.relative_to(root).parts[:-1]:
-        if part.lower() in names:
-            return part.lower()
-    return None
+def _class_dirs(p: Path, root: Path, names: set) -> List[str]:
+    """Class folder names on the path below `root`, outermost first (lower case)."""
+    return [part.lower() for part in p.relative_to(root).parts[:-1] if part.lower() in names]
+
+
+def _label(folder: str) -> int:
+    return int(folder in POSITIVE_DIRS)
 
 
 def detect_format(root: Path, files: List[Path]) -> str:
     """Guess the layout from folder and file names."""
-    if any(_class_dir(p, root, {"all", "hem"}) for p in files) and any(CNMC_RE.match(p.name) for p in files):
+    if any(_class_dirs(p, root, {"all", "hem"}) for p in files) and any(CNMC_RE.match(p.name) for p in files):
         return "cnmc"
     idb = [p for p in files if IDB_RE.match(p.name)]
     if idb:
         return "all-idb1" if all(p.suffix.lower() in (".jpg", ".jpeg") for p in idb) else "all-idb2"
-    if any(_class_dir(p, root, POSITIVE_DIRS | NEGATIVE_DIRS) for p in files):
+    if any(_class_dirs(p, root, POSITIVE_DIRS | NEGATIVE_DIRS) for p in files):
         return "folders"
     raise TrainerError(
         f"cannot tell the layout of {root} from its names (e.g. {_examples([_rel(root, p) for p in files])}). "
@@ -94,8 +103,14 @@ def detect_format(root: Path, files: List[Path]) -> str:
 
 
 def _parse(root: Path, fmt: str, files: List[Path]) -> Tuple[List[Sample], List[str]]:
-    """Samples, and files whose names do not fit the layout."""
-    samples, bad = [], []
+    """Samples, and files whose names do not fit the layout.
+
+    The class comes from the deepest class folder (the one closest to the file): in
+    `1/normal/x.tif` the "1" is a batch, not a label. A path whose class folders disagree is
+    ambiguous and refused rather than guessed.
+    """
+    samples, bad, ambiguous = [], [], []
+    names = {"all", "hem"} if fmt == "cnmc" else POSITIVE_DIRS | NEGATIVE_DIRS
     for p in files:
         rel = _rel(root, p)
         if fmt in ("all-idb1", "all-idb2"):
@@ -105,19 +120,26 @@ def _parse(root: Path, fmt: str, files: List[Path]) -> Tuple[List[Sample], List[
                 samples.append(Sample(rel, int(m.group(2))))
             else:
                 bad.append(rel)
-        elif fmt == "cnmc":
-            m = CNMC_RE.match(p.name)
-            folder = _class_dir(p, root, {"all", "hem"})
+            continue
+        dirs = _class_dirs(p, root, names)
+        if len({_label(d) for d in dirs}) > 1:
+            ambiguous.append(rel)
+            continue
+        folder = dirs[-1] if dirs else None
+        m = CNMC_RE.match(p.name)
+        if fmt == "cnmc":
             if m and folder == m.group(4).lower():
-                samples.append(Sample(rel, int(folder == "all"), _cnmc_subject(m.group(1))))
+                samples.append(Sample(rel, _label(folder), _cnmc_subject(m.group(1))))
             else:
                 bad.append(rel)
-        else:
-            folder = _class_dir(p, root, POSITIVE_DIRS | NEGATIVE_DIRS)
-            if folder is None:
-                bad.append(rel)
-            else:
-                samples.append(Sample(rel, int(folder in POSITIVE_DIRS)))
+        elif folder is None:
+            bad.append(rel)
+        else:  # C-NMC names carry the subject: group by it here too, or subjects leak across splits
+            samples.append(Sample(rel, _label(folder), _cnmc_subject(m.group(1)) if m else None))
+    if ambiguous:
+        raise TrainerError(f"{len(ambiguous)} image file(s) in {root} sit below class folders of both classes, "
+                           f"e.g. {_examples(ambiguous)}; the class is unclear. Rename the folders so that "
+                           f"only one level names a class ({NAMING_HELP['folders']}).")
     return samples, bad
 
 
@@ -145,7 +167,7 @@ def load(root: Path, fmt: str = "auto", progress: bool = False) -> Dataset:
         raise TrainerError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not root.is_dir():
         raise TrainerError(f"data directory {root} does not exist or is not a directory")
-    files = _images(root)
+    files, markers = _walk(root)
     if not files:
         raise TrainerError(f"{root} holds no images ({', '.join(imaging.SUPPORTED_SUFFIXES)}); "
                            "point --data at the folder with the image files")
@@ -171,7 +193,10 @@ def load(root: Path, fmt: str = "auto", progress: bool = False) -> Dataset:
     if broken:
         raise TrainerError(f"{len(broken)} image file(s) cannot be decoded: {_examples(broken)}. "
                            "Replace or remove them.")
-    ds = Dataset(root, fmt, samples, synthetic=(root / "SYNTHETIC.txt").is_file(), sha256=digests)
+    ds = Dataset(root, fmt, samples, synthetic=bool(markers), sha256=digests)
+    if markers:
+        log.warning("data set is SYNTHETIC (marked by %s); the run and any model from it are marked synthetic",
+                    _examples([_rel(root, m) for m in markers]))
     missing = [name for name, n in ds.counts().items() if n == 0]
     if missing:
         raise TrainerError(f"{root} has images of one class only ({ds.counts()}); "

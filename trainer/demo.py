@@ -5,6 +5,7 @@ It exists so the daemon runs out of the box; it has never seen a real cell and d
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -15,21 +16,45 @@ from trainer import TrainerError
 log = logging.getLogger("trainer")
 
 
-def _fresh(path: Path, marker: str) -> None:
-    """Remove a previous demo output, but only if it is one (has `marker`)."""
-    if path.exists():
-        if not (path / marker).exists():
-            raise TrainerError(f"{path} exists and is not a previous demo output; choose another --work")
-        shutil.rmtree(path)
+MARKER = "DEMO-WORK.txt"  # written into --work by demo-model: what is below it is the demo's to replace
+MARKER_NOTE = ("Working directory of `python -m trainer demo-model`: its data/ and run/ are SYNTHETIC and are\n"
+               "deleted and remade on every demo-model run. Do not keep anything else here.\n")
+
+
+def _trained_on_real_data(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "data.json").read_text(encoding="utf-8")).get("synthetic") is False
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _claim(work: Path) -> None:
+    """Make `work` the demo's, clearing its previous data/ and run/ only if the demo made them.
+
+    Anything else (a real trained run, someone's data) is never deleted: the user picks another --work.
+    """
+    parts = [work / "data", work / "run"]
+    if (work / MARKER).is_file():
+        if _trained_on_real_data(work / "run"):
+            raise TrainerError(f"{work / 'run'} holds a run on real data; demo-model will not delete it. "
+                               "Move it away or choose another --work")
+        for d in parts:
+            if d.exists():
+                shutil.rmtree(d)
+    elif any(d.exists() for d in parts):
+        raise TrainerError(f"{work} holds data/ or run/ that demo-model did not make (no {MARKER}); "
+                           "choose another --work, or delete them yourself if they are expendable")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text(MARKER_NOTE, encoding="utf-8")
 
 
 def make_demo_model(out: Path, work: Path, n: int, epochs: int, seed: int, progress: bool = True) -> ModelMeta:
     from trainer import evaluate, export, train
     from trainer.synth import generate
 
-    data, run_dir = Path(work) / "data", Path(work) / "run"
-    _fresh(data, "SYNTHETIC.txt")
-    _fresh(run_dir, "config.json")
+    work = Path(work)
+    data, run_dir = work / "data", work / "run"
+    _claim(work)
     generate(data, "all-idb2", n, seed, progress=progress)
     cfg = train.TrainConfig(data=str(data), out=str(run_dir), format="all-idb2", arch="paper", epochs=epochs,
                             batch_size=16, lr=1e-4, lr_decay=0.0, seed=seed, patience=8,

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from trainer import LABELS, POSITIVE_LABEL, TrainerError
-from trainer.train import read_json, read_run_config, write_json
+from trainer.train import load_model, read_json, read_run_config, write_json
 
 log = logging.getLogger("trainer")
 POS = LABELS.index(POSITIVE_LABEL)
@@ -100,7 +100,8 @@ def predict(model, x: np.ndarray) -> np.ndarray:
     return model.predict(x, batch_size=64, verbose=0)[:, POS] if len(x) else np.zeros(0)
 
 
-def _labels(run_dir: Path, dmeta: dict) -> Dict[str, int]:
+def file_labels(run_dir: Path, dmeta: dict) -> Dict[str, int]:
+    """Label index per file path, from the run's data.json."""
     try:
         return {f["path"]: LABELS.index(f["label"]) for f in dmeta["files"]}
     except (KeyError, TypeError, ValueError):
@@ -139,12 +140,10 @@ def run(run_dir: Path, data: Optional[Path] = None, target_recall: Optional[floa
     cfg = read_run_config(run_dir)
     splits = read_json(run_dir / "splits.json")
     dmeta = read_json(run_dir / "data.json")
-    if not (run_dir / "model.keras").is_file():
-        raise TrainerError(f"{run_dir}/model.keras is missing: the training run did not finish")
     root = Path(data) if data else Path(cfg["data"])
     if not root.is_dir():
         raise TrainerError(f"data directory {root} is gone; pass --data to where the set lives now")
-    label_of = _labels(run_dir, dmeta)
+    label_of = file_labels(run_dir, dmeta)
     missing = [p for k in ("val", "test") for p in splits[k] if not (root / p).is_file()]
     if missing:
         raise TrainerError(f"{len(missing)} validation/test file(s) are missing under {root}, "
@@ -154,11 +153,9 @@ def run(run_dir: Path, data: Optional[Path] = None, target_recall: Optional[floa
     from trainer.env import setup_tensorflow
 
     setup_tensorflow(int(cfg["seed"]), False)
-    import keras
-
     from trainer.pipeline import PAPER_INPUT, ImageStore, split_arrays
 
-    model = keras.models.load_model(run_dir / "model.keras")
+    model = load_model(run_dir)
     store = ImageStore(root, PAPER_INPUT, int(cfg.get("cache_mb", 1024)))
     x_val, y_val = split_arrays(store, splits["val"], label_of)
     x_test, y_test = split_arrays(store, splits["test"], label_of)

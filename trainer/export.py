@@ -22,7 +22,7 @@ from edge.model_meta import ModelMeta
 from edge.preprocess import to_tensor
 from trainer import LABELS, POSITIVE_LABEL, TrainerError
 from trainer.synth import SYNTHETIC_NOTE
-from trainer.train import read_json, read_run_config
+from trainer.train import load_model, read_json, read_run_config
 
 log = logging.getLogger("trainer")
 NCS2_OPSETS = {f"opset{i}" for i in range(1, 11)}  # OpenVINO 2022.3 LTS
@@ -37,6 +37,35 @@ def op_report(ov_model) -> Dict[str, List[str]]:
     ops = sorted({f"{op.get_type_info().name}-{op.get_type_info().version_id}" for op in ov_model.get_ordered_ops()})
     bad = [o for o in ops if o.rsplit("-", 1)[1] not in NCS2_OPSETS]
     return {"ops": ops, "unsupported": bad}
+
+
+def save_ir(ov_model, xml: Path, precision: str) -> Dict[str, List[str]]:
+    """Write the IR and check the operations of the IR as written, read back from disk: saving
+    rewrites the graph (FP16 compression adds Convert ops), so the in-memory graph is not what ships."""
+    import openvino as ov
+
+    ov.save_model(ov_model, str(xml), compress_to_fp16=(precision == "fp16"))
+    ops = op_report(ov.Core().read_model(str(xml)))
+    if ops["unsupported"]:
+        raise TrainerError(f"the IR uses operations the OpenVINO 2022.3 runtime (NCS2) lacks: "
+                           f"{', '.join(ops['unsupported'])}; change the architecture")
+    return ops
+
+
+def calibration_sample(paths: List[str], label_of: Dict[str, int], n: int, seed: int) -> List[str]:
+    """Up to `n` training paths, each class in its training proportion (at least one), drawn with
+    `seed`. The first `n` sorted paths would be one class only on C-NMC (all/ sorts before hem/)."""
+    if len(paths) <= n:
+        return sorted(paths)
+    rng = np.random.default_rng(seed)
+    by_class: Dict[int, List[str]] = {}
+    for p in sorted(paths):
+        by_class.setdefault(label_of[p], []).append(p)
+    picked: List[str] = []
+    for _, members in sorted(by_class.items()):
+        k = min(len(members), max(1, n * len(members) // len(paths)))
+        picked += [members[i] for i in rng.choice(len(members), size=k, replace=False)]
+    return sorted(picked)
 
 
 def compile_f32(xml: Path):
@@ -98,13 +127,11 @@ def run(run_dir: Path, out: Path, precision: str = "fp16", name: Optional[str] =
     from trainer.env import environment, setup_tensorflow
 
     setup_tensorflow(int(cfg["seed"]), False)
-    import keras
-    import openvino as ov
-
+    from trainer.evaluate import file_labels
     from trainer.pipeline import PAPER_INPUT, ImageStore, arrays
 
     spec = PAPER_INPUT
-    model = keras.models.load_model(run_dir / "model.keras")
+    model = load_model(run_dir)
     store = ImageStore(root, spec, int(cfg.get("cache_mb", 1024)))
     test_imgs = [store.get(p) for p in splits["test"]]
     keras_probs = model.predict(arrays(store, splits["test"]), batch_size=64, verbose=0) if test_imgs \
@@ -113,17 +140,14 @@ def run(run_dir: Path, out: Path, precision: str = "fp16", name: Optional[str] =
     if not ov_model.inputs[0].get_partial_shape().is_static:
         raise TrainerError("the converted model has a dynamic input shape; the NCS2 needs a static one")
     if precision == "int8":
-        ov_model = _quantize(ov_model, arrays(store, splits["train"][:CALIBRATION_MAX]))
-    ops = op_report(ov_model)
-    if ops["unsupported"]:
-        raise TrainerError(f"the IR uses operations the OpenVINO 2022.3 runtime (NCS2) lacks: "
-                           f"{', '.join(ops['unsupported'])}; change the architecture")
+        calib = calibration_sample(splits["train"], file_labels(run_dir, dmeta), CALIBRATION_MAX, int(cfg["seed"]))
+        ov_model = _quantize(ov_model, arrays(store, calib))
     threshold = float(metrics["threshold"]["value"])
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         xml = tmp / "model.xml"
-        ov.save_model(ov_model, str(xml), compress_to_fp16=(precision == "fp16"))
+        ops = save_ir(ov_model, xml, precision)
         par = parity(xml, test_imgs, keras_probs, spec, threshold, precision)
         log.info("parity IR vs Keras on %d test images: max |diff| %.2g, label agreement %s (tolerance %.2g)",
                  par["n"], par["max_abs_diff"], par["label_agreement"], par["tolerance"])

@@ -286,7 +286,9 @@ def generate(out: Path, layout: str, n: int, seed: int, progress: bool = False) 
         elif layout == "cnmc":
             sub = 1 + (i // 2) % n_subjects  # each subject contributes several cells of one class
             cls = "all" if blast else "hem"
-            subject = f"{sub}" if blast else f"H{sub}"
+            # real C-NMC ids are numbers (ALL) and H<number> (healthy), some of them aliases of one
+            # patient (datasets.CNMC_ALIASES): an "S" keeps synthetic ids apart and still parses
+            subject = f"S{sub}" if blast else f"HS{sub}"
             name = f"{cls}/UID_{subject}_{num}_1_{cls}.bmp"
             (out / cls).mkdir(exist_ok=True)
             _imwrite(out / name, cnmc_cell(crng, blast))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -69,6 +70,33 @@ def read_run_config(run_dir: Path) -> dict:
     return cfg
 
 
+def load_model(run_dir: Path):
+    """The run's model.keras; a missing, truncated or corrupt file is the user's to fix, not a traceback."""
+    import keras
+
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise TrainerError(f"{path} is missing: the training run did not finish; train again")
+    try:
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a complete .keras zip archive")
+        return keras.models.load_model(path)
+    except Exception as exc:  # Keras raises many kinds (ValueError, KeyError, OSError, ...) on a damaged file
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TrainerError(f"{path} cannot be loaded ({detail}): it is truncated or damaged; train again") from None
+
+
+def _check_out(out: Path) -> None:
+    """A run directory holds exactly one run: stale files (SYNTHETIC.txt, splits, a model) from an
+    earlier run would be taken for this one's."""
+    if out.exists() and not out.is_dir():
+        raise TrainerError(f"--out {out} is a file; choose a new --out directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries:
+        what = "already holds a trained run" if "model.keras" in entries else "is not empty"
+        raise TrainerError(f"{out} {what} ({', '.join(entries[:5])}); choose a new --out (or an empty directory)")
+
+
 def _read_test_list(path: str) -> List[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -98,10 +126,9 @@ def run(cfg: TrainConfig, progress: bool = True) -> Path:
 
     _check(cfg)
     out = Path(cfg.out)
-    if (out / "model.keras").exists():
-        raise TrainerError(f"{out} already holds a trained run; choose a new --out")
+    _check_out(out)
     ds = load(Path(cfg.data), cfg.format, progress=progress)
-    test_list = _read_test_list(cfg.test_list) if cfg.test_list else None
+    test_list = _read_test_list(cfg.test_list) if cfg.test_list is not None else None
     splits = split(ds, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed, test_list=test_list)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))

@@ -84,10 +84,23 @@ def test_fill_colour_is_the_background() -> None:
     assert np.abs(corner - bg).max() < 40, "rotation corners are filled with the smear colour, not black"
 
 
-def test_random_augment_uses_every_kind(cell) -> None:
+def test_random_augment_uses_every_kind(cell, monkeypatch) -> None:
+    """Through the real sampling path (random_augment, WEIGHTS): a kind weighted 0 would never appear."""
+    import trainer.augment as aug
+
+    drawn = []
+    monkeypatch.setattr(aug, "apply", lambda img, kind, rng: drawn.append(kind) or img)
     rng = np.random.default_rng(8)
-    kinds = [str(rng.choice(AUGMENTATIONS)) for _ in range(200)]
-    assert set(kinds) == set(AUGMENTATIONS)
+    n = 2200
+    for _ in range(n):
+        random_augment(cell, rng)
+    counts = {k: drawn.count(k) for k in AUGMENTATIONS}
+    assert set(drawn) == set(AUGMENTATIONS), f"never drawn: {[k for k, c in counts.items() if not c]}"
+    # rotation is weighted 3x (the originals made ten rotations, one of each other kind)
+    for k, c in counts.items():
+        want = n * (3 if k == "rotate" else 1) / 11
+        assert abs(c - want) < 0.25 * want, counts
+    monkeypatch.undo()
     out = random_augment(cell, rng)
     assert out.shape == cell.shape
     with pytest.raises(ValueError, match="unknown augmentation"):

@@ -149,24 +149,57 @@ def test_evaluate_bootstrap_must_resample(tmp_path, n) -> None:
     _fails_cleanly(["evaluate", "--run", str(run), "--bootstrap", n], "--bootstrap must be at least 1")
 
 
-def test_evaluate_refuses_changed_images_under_the_same_names(tmp_path, idb2_set) -> None:
-    """--data pointing at a set whose files kept their names but not their content."""
+def _fake_run(tmp_path: Path, data: Path) -> Path:
+    """A run directory over `data` that passes every check before the model is loaded."""
     import hashlib
 
-    files = sorted(p.name for p in idb2_set.glob("*.tif"))
+    files = sorted(p.name for p in data.glob("*.tif"))
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"data": str(idb2_set), "seed": 1, "arch": "paper"}))
+    (run / "config.json").write_text(json.dumps({"data": str(data), "seed": 1, "arch": "paper"}))
     (run / "splits.json").write_text(json.dumps({"train": files[4:], "val": files[:2], "test": files[2:4]}))
-    (run / "data.json").write_text(json.dumps({"files": [
+    (run / "data.json").write_text(json.dumps({"synthetic": True, "fingerprint": "x", "format": "all-idb2",
+                                               "counts": {}, "files": [
         {"path": f, "label": "ALL" if f.endswith("_1.tif") else "normal",
-         "sha256": hashlib.sha256((idb2_set / f).read_bytes()).hexdigest()} for f in files]}))
+         "sha256": hashlib.sha256((data / f).read_bytes()).hexdigest()} for f in files]}))
+    (run / "metrics.json").write_text(json.dumps({"threshold": {"value": 0.5}, "test": {}}))
     (run / "model.keras").write_bytes(b"")
+    return run
+
+
+def test_evaluate_refuses_changed_images_under_the_same_names(tmp_path, idb2_set) -> None:
+    """--data pointing at a set whose files kept their names but not their content."""
+    run = _fake_run(tmp_path, idb2_set)
+    files = json.loads((run / "splits.json").read_text())["val"] + json.loads((run / "splits.json").read_text())["test"]
     moved = tmp_path / "moved"
     shutil.copytree(idb2_set, moved)
     shutil.copy(moved / files[0], moved / files[3])           # a test file now holds other pixels
     _fails_cleanly(["evaluate", "--run", str(run), "--data", str(moved)],
                    "1 validation/test file(s)", files[3], "differ from the ones this run was trained", "sha256")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_truncated_model(tmp_path, idb2_set, command) -> None:
+    """A model.keras cut short (disk full, copy interrupted) used to end in a Keras traceback."""
+    run = _fake_run(tmp_path, idb2_set)
+    (run / "model.keras").write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00 cut short")
+    extra = ["--out", str(tmp_path / "m")] if command == "export" else []
+    _fails_cleanly([command, "--run", str(run), *extra], "model.keras cannot be loaded", "train again")
+
+
+def test_empty_test_list(tmp_path, idb2_set) -> None:
+    (tmp_path / "test.txt").write_text("# the held-out images\n\n")
+    _fails_cleanly(["train", "--data", str(idb2_set), "--test-list", str(tmp_path / "test.txt"), "--epochs", "1",
+                    "--out", str(tmp_path / "run")], "--test-list lists no files")
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_with_stale_files(tmp_path) -> None:
+    """A stale SYNTHETIC.txt from an earlier run would mark a real run synthetic (and vice versa)."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "SYNTHETIC.txt").write_text("old")
+    _fails_cleanly(["train", "--data", str(tmp_path / "real"), "--out", str(tmp_path / "run")],
+                   "is not empty", "SYNTHETIC.txt", "choose a new --out")
 
 
 def test_evaluate_data_json_with_unknown_labels(tmp_path, idb2_set) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
@@ -122,3 +123,31 @@ def test_cnmc_name_in_wrong_folder(tmp_path, cnmc_set) -> None:
 def test_unknown_format_argument(idb2_set) -> None:
     with pytest.raises(TrainerError, match="unknown --format"):
         load(idb2_set, "kaggle")
+
+
+def test_deepest_class_folder_and_conflicts(tmp_path, idb2_set) -> None:
+    """`1/normal/x.tif` used to be labelled ALL (the first class name, "1", won)."""
+    cells = sorted(idb2_set.glob("*.tif"))
+    for i, p in enumerate(cells[:8]):
+        cls = "ALL" if p.stem.endswith("_1") else "normal"
+        dst = tmp_path / "ok" / "batch" / ("blasts" if cls == "ALL" else "normal") / cls / f"c{i}.tif"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst)
+    ds = load(tmp_path / "ok", "folders")
+    assert all(s.label == (s.path.split("/")[2] == "ALL") for s in ds.samples)
+    for i, p in enumerate(cells[:8]):
+        dst = tmp_path / "bad" / "1" / ("ALL" if i < 4 else "normal") / f"c{i}.tif"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst)
+    with pytest.raises(TrainerError, match=r"4 image file\(s\).*class folders of both classes.*1/normal/c4.tif"):
+        load(tmp_path / "bad", "folders")
+
+
+def test_synthetic_marker_below_the_root(tmp_path, idb2_set, caplog) -> None:
+    """A synth set copied into a subfolder of real data still makes the whole set synthetic."""
+    shutil.copytree(idb2_set, tmp_path / "d" / "extra")
+    assert not (tmp_path / "d" / "SYNTHETIC.txt").exists()
+    with caplog.at_level(logging.WARNING, logger="trainer"):
+        ds = load(tmp_path / "d")
+    assert ds.synthetic and ds.summary()["synthetic"] is True
+    assert "SYNTHETIC" in caplog.text and "extra/SYNTHETIC.txt" in caplog.text

@@ -16,6 +16,7 @@ from edge import imaging
 from edge.model_meta import ModelMeta
 from edge.preprocess import to_tensor
 from tests.trainer.conftest import run_cli
+from trainer.export import op_report
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +83,7 @@ def test_ir_agrees_with_keras(run_dir) -> None:
     assert (model_dir / "SYNTHETIC.txt").is_file()
     core = ov.Core()
     ir = core.read_model(str(model_dir / "model.xml"))
+    assert meta.trainer["ops"] == op_report(ir)["ops"], "model.json lists the ops of the IR as written"
     assert ir.inputs[0].get_partial_shape().is_static
     assert list(ir.inputs[0].get_shape()) == [1, 100, 100, 3]
     compiled = core.compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

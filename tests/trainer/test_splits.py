@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from trainer import TrainerError
-from trainer.datasets import load
+from trainer.datasets import CNMC_ALIASES, Dataset, Sample, load
 from trainer.splits import SPLITS, check_disjoint, groups, split
 
 
@@ -48,7 +51,7 @@ def test_synthetic_cnmc_and_idb2(cnmc_set, idb2_set) -> None:
 
 def test_identical_files_under_two_subjects_are_one_group(tmp_path, cnmc_set) -> None:
     shutil.copytree(cnmc_set, tmp_path / "d")
-    src = sorted((tmp_path / "d" / "all").glob("UID_1_*.bmp"))[0]
+    src = sorted((tmp_path / "d" / "all").glob("UID_S1_*.bmp"))[0]
     shutil.copy(src, tmp_path / "d" / "all" / "UID_99_1_1_all.bmp")  # the C-NMC alias quirk
     ds = load(tmp_path / "d")
     g = groups(ds)
@@ -90,3 +93,56 @@ def test_too_few_groups(tmp_path, idb2_set) -> None:
     ds = load(tmp_path)
     with pytest.raises(TrainerError, match="class normal has only 2 independent source group"):
         split(ds)
+
+
+def test_folders_with_cnmc_names_group_by_subject(tmp_path, cnmc_set) -> None:
+    """--format folders on C-NMC-named cells: the subject in the name groups the split too."""
+    for cls, folder in (("all", "ALL"), ("hem", "normal")):
+        shutil.copytree(cnmc_set / cls, tmp_path / "d" / folder)
+    ds = load(tmp_path / "d", "folders")
+    assert ds.format == "folders"
+    subject_of = {s.path: re.match(r"UID_([^_]+)_", Path(s.path).name).group(1) for s in ds.samples}
+    assert all(s.subject == subject_of[s.path] for s in ds.samples), "the subject is read from the name"
+    for seed in range(4):
+        splits = split(ds, seed=seed)
+        where = {}
+        for name in SPLITS:
+            for p in splits[name]:
+                assert where.setdefault(subject_of[p], name) == name, f"subject {subject_of[p]} crosses splits"
+
+
+def test_synthetic_cnmc_subjects_are_not_real_aliases(cnmc_set) -> None:
+    """Synthetic H2/H4/H5/H6 used to be merged into one patient by the real-data alias table."""
+    ds = load(cnmc_set)
+    raw = {re.match(r"UID_([^_]+)_", Path(s.path).name).group(1) for s in ds.samples}
+    aliases = set().union(*CNMC_ALIASES)
+    assert not raw & aliases, f"synthetic subject ids collide with real C-NMC aliases: {sorted(raw & aliases)}"
+    assert {s.subject for s in ds.samples} == raw, "every synthetic subject stays its own group"
+    assert len(set(groups(ds))) == len(raw)
+
+
+def test_warns_when_one_subject_swamps_a_split(tmp_path, caplog) -> None:
+    """A subject is indivisible: one that alone far exceeds its split's share must be reported."""
+    samples = [Sample(f"hem/UID_HBIG_{i}_1_hem.bmp", 0, "HBIG") for i in range(20)]
+    samples += [Sample(f"hem/UID_H{j}_{i}_1_hem.bmp", 0, f"H{j}") for j in range(6) for i in range(2)]
+    samples += [Sample(f"all/UID_{j}_{i}_1_all.bmp", 1, str(j)) for j in range(10) for i in range(3)]
+    ds = Dataset(tmp_path, "cnmc", samples, False, {s.path: s.path for s in samples})
+    swamped = 0
+    for seed in range(12):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trainer"):
+            splits = split(ds, seed=seed)
+        big_in = next(k for k in SPLITS if samples[0].path in splits[k])
+        warned = [r.getMessage() for r in caplog.records if "HBIG" in r.getMessage()]
+        if big_in == "train":
+            assert not warned
+        else:
+            swamped += 1
+            assert warned and "skewed" in warned[0] and big_in in warned[0], caplog.text
+    assert swamped, "some seed puts the big subject into validation or test"
+
+
+def test_empty_test_list_is_an_error(idb2_set) -> None:
+    ds = load(idb2_set)
+    with pytest.raises(TrainerError, match="--test-list lists no files"):
+        split(ds, seed=0, test_list=[])
