@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "confs.json"
@@ -154,6 +154,9 @@ class HiasConfig(Section):
     enabled: bool = False
     host: str = "localhost"
     port: int = Field(8883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version; '3.1.1' only for old brokers: there a broker that "
+        "refuses a result (ACL) still acknowledges it, so the refusal is invisible")
     tls: HiasTLSConfig = HiasTLSConfig()
     username: Optional[str] = None
     password_file: Optional[Path] = None
@@ -179,6 +182,19 @@ class HiasConfig(Section):
         if not v or any(c in v for c in "/+#") or v != v.strip():
             raise ValueError("must be a non-empty topic segment without '/', '+', '#'")
         return v
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v: Any) -> Any:
+        """`--set hias.protocol=5` arrives as the JSON number 5."""
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> HiasConfig:
+        if self.reconnect_min_delay > self.reconnect_max_delay:
+            raise ValueError(f"reconnect_min_delay ({self.reconnect_min_delay:g} s) must not "
+                             f"exceed reconnect_max_delay ({self.reconnect_max_delay:g} s)")
+        return self
 
 
 class Config(Section):

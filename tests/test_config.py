@@ -37,6 +37,9 @@ def test_required_keys_exist_with_documented_names() -> None:
         ("server.host=my host", "server.host: Value error, must be an IP address"),
         ("model.xml=/nonexistent/model.xml", "model.xml: file not found: /nonexistent/model.xml"),
         ("server=3", "server: Input should be a valid dictionary"),
+        ("hias.protocol=4", "hias.protocol: Input should be '5' or '3.1.1'"),
+        ("hias.reconnect_min_delay=90",
+         "hias: Value error, reconnect_min_delay (90 s) must not exceed reconnect_max_delay (60 s)"),
     ],
 )
 def test_errors_name_the_path(override: str, fragment: str) -> None:
@@ -49,6 +52,8 @@ def test_set_parses_json_else_string(tmp_path: Path) -> None:
     cfg = load_config(None, ["server.port=8099", "hias.enabled=false", "agent.name=lab 3",
                              "model.devices=[\"CPU\"]"])
     assert cfg.server.port == 8099 and cfg.agent.name == "lab 3" and cfg.model.devices == ["CPU"]
+    assert load_config(None, ["hias.protocol=5"]).hias.protocol == "5"   # a JSON number
+    assert load_config(None, ["hias.protocol=3.1.1"]).hias.protocol == "3.1.1"
 
 
 def test_bad_json_file_is_a_clear_error(tmp_path: Path) -> None:

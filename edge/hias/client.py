@@ -36,8 +36,14 @@ CONNACK_TIMEOUT = 10.0
 GOODBYE_TIMEOUT = 2.0
 STABLE_SESSION = 10.0       # seconds: a shorter session (e.g. kicked by a duplicate client id)
                             # does not reset the backoff, so no reconnect storm
+SHORT_SESSION = 2.0         # seconds: closed sooner, twice in a row while the broker accepts
+                            # every reconnect, suggests another device with our client id
+SESSION_TAKEN_OVER = 0x8E   # MQTT 5 DISCONNECT reason (brokers that send it say so outright)
 OUTBOX_WARN_AGE = 600.0     # seconds: an older undelivered result turns the outbox check to warn
 QOS = 1
+PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+REFUSAL_HINTS = {0x87: "check HIAS's ACL for this entity",      # Not authorized
+                 0x97: "the broker's quota for this client is used up"}
 
 
 @dataclass
@@ -88,8 +94,9 @@ class HiasComponent(Component):
         self._state = "disabled" if not self.cfg.enabled else "stopped"
         self._problem: Optional[Problem] = None
         self._connected_since: Optional[float] = None
-        self._counts = {"connects": 0, "published": 0, "delivered": 0, "life": 0,
+        self._counts = {"connects": 0, "published": 0, "delivered": 0, "refused": 0, "life": 0,
                         "commands": 0, "commands_refused": 0}
+        self._refusal: Optional[Problem] = None   # the broker refuses results (MQTT 5 PUBACK)
         self._last_life: Optional[Dict[str, float]] = None
         self._retry_in: Optional[float] = None
         self._client: Optional[mqtt.Client] = None
@@ -102,6 +109,9 @@ class HiasComponent(Component):
         self._session_ok = False
         self._connack_failed = False
         self._had_connack = False
+        self._short_drops = 0                  # sessions closed within SHORT_SESSION, in a row
+        self._paho_error: Optional[str] = None  # paho's first error line of this session
+        self._retained_seen: Optional[bytes] = None   # last retained command refused (log once)
         self._next_life = 0.0
         self._service_error: Optional[str] = None
         data_dir = getattr(getattr(daemon.config, "storage", None), "data_dir", Path("/"))
@@ -115,8 +125,10 @@ class HiasComponent(Component):
         try:
             password = resolve_secret(self.cfg.password_file, self.cfg.password_credential,
                                       self.cfg.password_env)
-        except OSError as exc:
-            self._set_problem("fail", f"cannot read hias.password_file: {exc.strerror or exc}")
+        except OSError as exc:   # missing, unreadable, or not UTF-8 text
+            where = f"hias.password_file {exc.filename}" \
+                if exc.filename == str(self.cfg.password_file) else exc.filename
+            self._set_problem("fail", f"cannot read {where}: {exc.strerror or exc}")
             return
         if self.cfg.username and password is None:
             log.warning("no password found (hias.password_file, systemd credential %r, "
@@ -157,12 +169,18 @@ class HiasComponent(Component):
             return [HealthCheck("hias", "disabled", "HIAS publishing is off (hias.enabled=false)")]
         with self._lock:
             state, problem, retry = self._state, self._problem, self._retry_in
+            refusal = self._refusal
         where = f"{self.cfg.host}:{self.cfg.port}"
         detail: Dict[str, Any] = {"broker": where, "entity": self.cfg.entity, "state": state}
-        if state == "connected":
+        if state == "connected" and refusal is not None:
+            retry = self.outbox.refused_retry_in()
+            again = f"; results kept, next try in {_age(retry)}" if retry else ""
+            detail["since"] = _iso(refusal.since)
+            checks = [HealthCheck("hias", refusal.severity, refusal.summary + again, detail)]
+        elif state == "connected":
             tls = "TLS" if self.cfg.tls.enabled else "plain TCP"
             checks = [HealthCheck("hias", "ok", f"connected to {where} as {self.cfg.entity} "
-                                  f"({tls})", detail)]
+                                  f"({tls}, MQTT {self.cfg.protocol})", detail)]
         elif problem is not None:
             again = f"; retrying in {retry:.3g} s" if retry and state != "stopped" else ""
             detail["since"] = _iso(problem.since)
@@ -186,12 +204,13 @@ class HiasComponent(Component):
     def status(self) -> Dict[str, Any]:
         depth, age = self._outbox_stats()
         with self._lock:
-            problem = self._problem
+            problem = self._problem or self._refusal
             return {
                 "enabled": self.cfg.enabled,
                 "state": self._state,
                 "broker": f"{self.cfg.host}:{self.cfg.port}",
                 "tls": self.cfg.tls.enabled,
+                "protocol": self.cfg.protocol,
                 "entity": self.cfg.entity,
                 "topic": topics.base(self.cfg),
                 "connected_since": _iso(self._connected_since),
@@ -229,14 +248,37 @@ class HiasComponent(Component):
         if not same:
             (log.error if severity == "fail" else log.warning)("%s", summary)
 
+    def _set_refusal(self, reason: Any) -> None:
+        """The broker refused a result (logged once per change, kept across reconnects)."""
+        topic = self.topics[topics.CLASSIFICATION]
+        hint = REFUSAL_HINTS.get(getattr(reason, "value", None))
+        summary = f"broker refused to accept results on {topic}: {reason}" + \
+            (f" ({hint})" if hint else "")
+        with self._lock:
+            same = self._refusal is not None and self._refusal.summary == summary
+            if not same:
+                self._refusal = Problem("fail", summary, time.time())
+        if not same:
+            log.error("%s; results kept in the outbox and offered again with backoff", summary)
+
+    def _clear_refusal(self) -> None:
+        with self._lock:
+            had, self._refusal = self._refusal, None
+        if had is not None:
+            log.info("broker accepts results on %s again", self.topics[topics.CLASSIFICATION])
+
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self._counts[key] += n
 
     # ------------------------------------------------------------------ MQTT thread
     def _make_client(self, password: Optional[str]) -> mqtt.Client:
+        protocol = PROTOCOLS[self.cfg.protocol]
+        # A clean session on every connect under both versions (clean_start=True in _session):
+        # undelivered results live in the journal, and paho re-sends its unacked ones itself.
+        session = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.entity,
-                             clean_session=True, protocol=mqtt.MQTTv311)
+                             protocol=protocol, **session)
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, password)
         tls = self.cfg.tls
@@ -250,6 +292,7 @@ class HiasComponent(Component):
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_log = self._on_log
         return client
 
     def _run(self) -> None:
@@ -279,9 +322,12 @@ class HiasComponent(Component):
         self._session_ok = False
         self._had_connack = False
         self._connack_failed = False
+        self._paho_error = None
+        clean = {"clean_start": True} if self.cfg.protocol == "5" else {}
         try:
-            client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+            client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, **clean)
         except (OSError, ValueError) as exc:
+            self._short_drops = 0   # the broker is not reachable: a short session was no kick
             self._set_problem(*describe_error(exc, self.cfg.host, self.cfg.port))
             return False
         deadline = time.monotonic() + CONNACK_TIMEOUT
@@ -289,10 +335,13 @@ class HiasComponent(Component):
             while not self._stop.is_set():
                 rc = client.loop(timeout=TICK)
                 if rc != mqtt.MQTT_ERR_SUCCESS or self._connack_failed:
+                    if not self._had_connack and not self._connack_failed:
+                        self._closed_before_connack()
                     break
                 if self._session_ok:
                     self._service_guarded()
                 elif time.monotonic() > deadline:
+                    self._short_drops = 0
                     self._set_problem("warn", f"no MQTT answer (CONNACK) from "
                                       f"{self.cfg.host}:{self.cfg.port} within "
                                       f"{CONNACK_TIMEOUT:.0f} s: is it an MQTT broker?")
@@ -306,6 +355,20 @@ class HiasComponent(Component):
                 self._mark_disconnected(None)
             client.disconnect()   # closes the socket; paho keeps unacked messages for later
         return self._had_connack
+
+    def _closed_before_connack(self) -> None:
+        """The broker closed the connection before answering CONNECT (e.g. it wants a client
+        certificate: Mosquitto then just closes the TLS connection)."""
+        self._short_drops = 0
+        error = self._paho_error or "connection closed"
+        summary = f"{self.cfg.host}:{self.cfg.port} closed the connection before the MQTT " \
+                  f"login ({error})"
+        tls = self.cfg.tls
+        if tls.enabled and tls.certfile is None and "ssl" in error.lower():
+            self._set_problem("fail", summary + ": does the broker require a client "
+                              "certificate (hias.tls.certfile, hias.tls.keyfile)?")
+        else:
+            self._set_problem("warn", summary)
 
     def _service_guarded(self) -> None:
         """_service, with journal (SQLite) or sensor errors logged once per kind, not fatal."""
@@ -369,6 +432,7 @@ class HiasComponent(Component):
         log.info("disconnected from %s:%s (stopping)", self.cfg.host, self.cfg.port)
 
     def _mark_disconnected(self, reason: Any) -> None:
+        """The session ended; `reason` is the broker's DISCONNECT reason code, if it sent one."""
         if not self._session_ok:
             return
         self._session_ok = False
@@ -377,13 +441,20 @@ class HiasComponent(Component):
             since, self._connected_since = self._connected_since, None
             if self._state == "connected":
                 self._state = "connecting"
-        if not self._stop.is_set():
-            why = f": {reason}" if reason else ""
-            if since is not None and time.time() - since < 2.0:
-                # Mosquitto drops the older connection when a second one uses the same id.
-                why += f" right after connecting (is another device using entity " \
-                       f"{self.cfg.entity!r}, or does the broker's ACL refuse it?)"
-            self._set_problem("warn", f"connection to {self.cfg.host}:{self.cfg.port} lost{why}")
+        short = since is not None and time.time() - since < SHORT_SESSION
+        self._short_drops = self._short_drops + 1 if short else 0
+        if self._stop.is_set():
+            return
+        why = f": {reason}" if reason is not None else ""
+        entity = self.cfg.entity
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER:
+            why += f" (another device using entity {entity!r} connected with the same client id)"
+        elif self._short_drops >= 2:
+            # Mosquitto closes the older connection, without a reason, when another client
+            # connects with the same id; a broker restart fails the reconnect and resets this.
+            why += f" right after connecting, again, while the broker accepts every reconnect " \
+                   f"(possibly another device using entity {entity!r})"
+        self._set_problem("warn", f"connection to {self.cfg.host}:{self.cfg.port} lost{why}")
 
     # ------------------------------------------------------------------ paho callbacks
     # They run inside client.loop() on the MQTT thread; an exception must not escape into paho.
@@ -391,6 +462,7 @@ class HiasComponent(Component):
         try:
             if reason_code.is_failure:
                 self._connack_failed = True
+                self._short_drops = 0
                 self._set_problem("fail", f"{self.cfg.host}:{self.cfg.port} refused the login "
                                   f"of {self.cfg.username or '(no username)'}: {reason_code} "
                                   "(check hias.username and the password)")
@@ -403,9 +475,9 @@ class HiasComponent(Component):
                 self._state = "connected"
                 self._connected_since = time.time()
                 self._counts["connects"] += 1
-            log.info("connected to %s:%s as %s (%s), topic %s", self.cfg.host,
+            log.info("connected to %s:%s as %s (%s, MQTT %s), topic %s", self.cfg.host,
                      self.cfg.port, self.cfg.entity, "TLS" if self.cfg.tls.enabled else "plain TCP",
-                     topics.base(self.cfg))
+                     self.cfg.protocol, topics.base(self.cfg))
             client.subscribe(self.topics[topics.COMMANDS], qos=QOS)
             client.publish(self.topics[topics.STATUS], "ONLINE", qos=QOS)
             self._next_life = time.monotonic() + self.cfg.life_first_delay
@@ -413,21 +485,35 @@ class HiasComponent(Component):
         except Exception:
             log.exception("unexpected error in on_connect")
 
+    def _on_log(self, client, userdata, level, buf) -> None:
+        if level == mqtt.MQTT_LOG_ERR and self._paho_error is None:
+            self._paho_error = buf.removeprefix("failed to receive on socket: ")
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
-            self._mark_disconnected(reason_code if reason_code.is_failure else None)
+            # Without a DISCONNECT from the broker paho reports "Unspecified error": say nothing.
+            sent = flags.is_disconnect_packet_from_server and reason_code.is_failure
+            self._mark_disconnected(reason_code if sent else None)
         except Exception:
             log.exception("unexpected error in on_disconnect")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        """PUBACK: the broker has the message; only now is the outbox row marked delivered."""
+        """PUBACK: the broker has the message; only now is the outbox row marked delivered.
+
+        Under MQTT 5 a PUBACK can refuse the message (e.g. Not authorized by the ACL): the row
+        stays undelivered and the outbox backs off. 3.1.1 PUBACKs carry no reason at all.
+        """
         try:
             result_id = self.outbox.acked(mid)
             if result_id is None:
                 return
-            if reason_code.is_failure:   # MQTT 5 only; 3.1.1 PUBACKs carry no reason
-                log.warning("broker did not accept result %s: %s", result_id, reason_code)
+            if reason_code.is_failure:
+                self.outbox.refused()
+                self._set_refusal(reason_code)
+                self._count("refused")
                 return
+            if self.outbox.accepted():
+                self._clear_refusal()
             self.journal.outbox_mark_delivered(result_id)
             self._count("delivered")
         except Exception as exc:
@@ -440,9 +526,14 @@ class HiasComponent(Component):
             self._count("commands")
             try:
                 cmd = commands.parse(message.payload)
+                if message.retain:   # replayed by the broker on every (re)connect
+                    raise commands.CommandError(commands.RETAINED, cmd.name, cmd.request_id)
             except commands.CommandError as exc:
                 self._count("commands_refused")
-                log.warning("refused command: %s", exc)
+                if not (message.retain and message.payload == self._retained_seen):
+                    log.warning("refused command: %s", exc)
+                if message.retain:
+                    self._retained_seen = message.payload
                 self._replies.append(payloads.notification(exc.command, False, str(exc),
                                                            exc.request_id))
                 return

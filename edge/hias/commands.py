@@ -2,7 +2,8 @@
 
 A command is a JSON object `{"Command": "capture" | "reload" | "status", "Id": "optional"}`
 (key names case-insensitive; HIAS-style `{"Type": "Command", "Value": "capture"}` is accepted
-too). Anything else is refused with a readable reason that goes back on `Notifications`.
+too). Anything else is refused with a readable reason that goes back on `Notifications`, and so
+is a retained command: the broker would hand it over again on every reconnect.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Dict, Optional, Tuple
 
 MAX_COMMAND_BYTES = 16 * 1024
 KNOWN = ("capture", "reload", "status")
+RETAINED = ("retained commands are ignored (the broker replays them on every reconnect): "
+            "publish commands without retain, and clear the retained one")
 _ALIASES = {"capture-now": "capture", "capture_now": "capture", "reload-model": "reload",
             "reload_model": "reload", "publish-status": "status", "publish_status": "status"}
 
@@ -46,10 +49,10 @@ def parse(payload: bytes) -> Command:
         raise CommandError(f"command too large ({len(payload)} bytes, max {MAX_COMMAND_BYTES})")
     try:
         doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CommandError("command is not valid UTF-8 JSON") from None
     except RecursionError:   # "[[[[…" nested thousands deep: json gives up, paho must not see it
         raise CommandError("command JSON is nested too deeply") from None
+    except ValueError:       # also UnicodeDecodeError, and an int past Python's digit limit
+        raise CommandError("command is not valid UTF-8 JSON") from None
     if not isinstance(doc, dict):
         raise CommandError("command must be a JSON object like {\"Command\": \"capture\"}")
     keys: Dict[str, Any] = {str(k).lower(): v for k, v in doc.items()}

@@ -4,7 +4,11 @@ The daemon journals a result and its outbox row in one transaction, then calls `
 New results (`offer`) go out at once; everything else still undelivered (an outage's backlog,
 or what a previous run left behind) is read from `journal.outbox_pending` oldest first and
 released at `resend_rate` per second by a token bucket, so new results keep flowing while the
-backlog drains. A row is marked delivered only when its PUBACK's message id comes back.
+backlog drains. A row is marked delivered only when its PUBACK's message id comes back with a
+success code. A refusing PUBACK (MQTT 5, e.g. the broker's ACL says no) holds every result
+back for a while, then one result probes whether the broker takes them again; the wait doubles
+per refused probe. Only results with status "ok" are published (Classification messages are
+for classifications; the journal gives other results no outbox row).
 
 Not thread-safe except `offer`, `set_connected` and `pending_hint`: the MQTT thread owns it.
 """
@@ -20,6 +24,8 @@ from typing import Any, Deque, Dict, List, Mapping, Optional
 MAX_IN_FLIGHT = 100          # published, PUBACK not yet seen
 MAX_FRESH = 1000             # new results held in memory; more stay in the outbox (backlog)
 RECHECK_SECONDS = 30.0       # look at the outbox now and then even when told nothing
+REFUSED_RETRY_MIN = 60.0     # seconds results are held back after the broker refused one ...
+REFUSED_RETRY_MAX = 900.0    # ... doubling per refused probe up to this
 
 
 def row_result(row: Mapping[str, Any]) -> Dict[str, Any]:
@@ -60,6 +66,8 @@ class Outbox:
         self._connected = False
         self._backlog_maybe = True      # a previous run may have left rows behind
         self._last_check = float("-inf")
+        self._refused_until: Optional[float] = None   # set while the broker refuses results
+        self._refused_delay = 0.0
         self.in_flight: Dict[int, str] = {}   # mid -> result id
         # Ids recently sent from the backlog: the pipeline commits a batch, then offers each
         # result, so a backlog read can see a row before its offer lands in _fresh.
@@ -72,6 +80,8 @@ class Outbox:
     # ---- any thread
     def offer(self, result: Mapping[str, Any]) -> None:
         """A result was just journaled. Never blocks on I/O."""
+        if result.get("status") != "ok":
+            return
         with self._lock:
             if self._connected and len(self._fresh) < MAX_FRESH and result.get("id"):
                 self._fresh.append(dict(result))
@@ -96,6 +106,13 @@ class Outbox:
     def take(self) -> List[Dict[str, Any]]:
         """Results to publish now: new ones first, then backlog as the rate allows."""
         room = MAX_IN_FLIGHT - len(self.in_flight)
+        if self._refused_until is not None:
+            if self.in_flight or self.clock() < self._refused_until:
+                with self._lock:   # held back; they are in the outbox and go out later
+                    self._fresh.clear()
+                    self._backlog_maybe = True
+                return []
+            room = 1               # probe: does the broker take results again?
         if room <= 0:
             return []
         busy = self._in_flight_ids()
@@ -145,3 +162,25 @@ class Outbox:
     def acked(self, mid: int) -> Optional[str]:
         """The result id whose PUBACK this is, or None (Status/Life/Notifications)."""
         return self.in_flight.pop(mid, None)
+
+    def refused(self) -> bool:
+        """A result's PUBACK refused it: hold results back. True if this starts a refusal."""
+        now = self.clock()
+        if self._refused_until is not None and now < self._refused_until:
+            return False           # another answer to the same burst
+        first = self._refused_until is None
+        self._refused_delay = REFUSED_RETRY_MIN if first else \
+            min(self._refused_delay * 2, REFUSED_RETRY_MAX)
+        self._refused_until = now + self._refused_delay
+        return first
+
+    def accepted(self) -> bool:
+        """A result's PUBACK accepted it. True if this ends a refusal."""
+        was = self._refused_until is not None
+        self._refused_until = None
+        return was
+
+    def refused_retry_in(self) -> Optional[float]:
+        """Seconds until the next probe while the broker refuses results, else None."""
+        until = self._refused_until
+        return None if until is None else max(0.0, until - self.clock())

@@ -55,25 +55,18 @@ def life(stats: Mapping[str, Any], latitude: float, longitude: float) -> Dict[st
 
 
 def classification(result: Mapping[str, Any], model_name: str) -> Dict[str, Any]:
-    """One Classification message for one journaled result (ok or quarantined)."""
-    ok = result.get("status", "ok") == "ok"
-    if ok:
-        positive = bool(result.get("positive"))
-        head: Dict[str, Any] = {
-            "Model": model_name,
-            "Type": "Classification",
-            "Value": str(result.get("label") or ("ALL" if positive else "normal")),
-            "State": "Positive" if positive else "Negative",
-            "Message": POSITIVE_MESSAGE if positive else NEGATIVE_MESSAGE,
-        }
-    else:
-        head = {
-            "Model": model_name,
-            "Type": "Classification",
-            "Value": "quarantined",
-            "State": "Error",
-            "Message": f"Input not classified: {result.get('reason') or 'unknown reason'}",
-        }
+    """One Classification message for one classified (status "ok") result.
+
+    Quarantined inputs are not classifications and are never published (see Outbox.offer).
+    """
+    positive = bool(result.get("positive"))
+    head: Dict[str, Any] = {
+        "Model": model_name,
+        "Type": "Classification",
+        "Value": str(result.get("label") or ("ALL" if positive else "normal")),
+        "State": "Positive" if positive else "Negative",
+        "Message": POSITIVE_MESSAGE if positive else NEGATIVE_MESSAGE,
+    }
     body = {k: result[k] for k in _RESULT_FIELDS if k in result}
     model = result.get("model")
     if isinstance(model, Mapping):

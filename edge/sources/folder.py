@@ -12,12 +12,14 @@ suffixes below are left alone: copy tools write those and rename them when done.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import importlib
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -81,8 +83,12 @@ def _shorten_move_pairing() -> None:
             klass.delay = min(klass.delay, 0.01)
 
 
+# What filesystems and other OSes put at the top of a volume: not inputs, and often not ours to move.
+VOLUME_ENTRIES = {"lost+found", "system volume information", "$recycle.bin"}
+
+
 def ignored(name: str) -> bool:
-    return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
+    return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES) or name.lower() in VOLUME_ENTRIES
 
 
 class FolderSource(Component):
@@ -264,8 +270,6 @@ class FolderSource(Component):
         True: `dst` is ready; False: not claimed; None: nothing to submit now."""
         held = self.inbox / CLAIMING / dst.name
         try:
-            if src.is_symlink() or not src.is_file():
-                os.rename(src, dst)  # fails with EXDEV again: leave it for the operator
             held.parent.mkdir(exist_ok=True)
             os.rename(src, held)
         except FileNotFoundError:
@@ -341,21 +345,47 @@ def submit_blocking(pipeline: Any, job: Job, stop: threading.Event) -> bool:
     return False
 
 
+def _remove(path: Path) -> None:
+    """Delete a file, link or directory tree (whatever a claim turned out to be)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _copy_entry(src: Path, dst: Path) -> None:
+    """Copy what an inbox entry is, so the pipeline can judge it as it would after a rename:
+    a symlink stays a link (never followed), a directory stays a directory, and any other
+    special file (FIFO, socket, device) becomes a FIFO, which reads as "not a regular file"
+    (copying a FIFO's content would block forever)."""
+    st = src.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISDIR(st.st_mode):
+        shutil.copytree(src, dst, symlinks=True)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copy2(src, dst)
+        with open(dst, "rb") as f:
+            os.fsync(f.fileno())
+    else:
+        os.mkfifo(dst)
+
+
 def finish_held_claim(held: Path, dst: Path) -> None:
     """Copy a claim held in `<inbox>/.claiming` into processing/, durably, then let it go.
-    `dst` appears whole or not at all (copy to a hidden name, fsync, rename)."""
-    if not dst.exists():
+    `dst` appears whole or not at all (copy to a hidden name, then rename)."""
+    if not os.path.lexists(dst):
         tmp = dst.with_name("." + dst.name + ".claim")
         try:
-            shutil.copy2(held, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            _remove(tmp)
+            _copy_entry(held, tmp)
             os.rename(tmp, dst)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                _remove(tmp)
             raise
         fsync_dir(dst.parent)
-    held.unlink()
+    _remove(held)
 
 
 def _finish_held_claims(daemon: Any) -> None:
@@ -384,7 +414,7 @@ def recover(daemon: Any, stop: threading.Event) -> int:
         if entry.startswith("."):
             # a half-done cross-filesystem claim copy: the claim itself is in <inbox>/.claiming
             log.info("removing incomplete claim copy %s", display_name(entry))
-            path.unlink(missing_ok=True)
+            _remove(path)
             continue
         id, name = split_stored(entry)
         if not id:

@@ -257,9 +257,9 @@ def shm_inbox(env: Env, tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(inbox, ignore_errors=True)
 
 
-def test_inbox_on_another_filesystem(env: Env, shm_inbox: Path, caplog) -> None:
-    """Claims rename into <inbox>/.claiming, then copy; a directory cannot be copied, stays,
-    and is reported once (not every poll)."""
+def test_inbox_on_another_filesystem(env: Env, shm_inbox: Path) -> None:
+    """Claims rename into <inbox>/.claiming, then copy; a directory and a symlink end
+    quarantined with their reasons, as on one filesystem; volume litter is left alone."""
     inbox = shm_inbox
     d = Daemon(env.config())
     d.start()
@@ -274,12 +274,19 @@ def test_inbox_on_another_filesystem(env: Env, shm_inbox: Path, caplog) -> None:
         check = next(h for h in d.health() if h.name == "folder source")
         assert check.state == "ok" and "another filesystem" in check.summary
         (inbox / "a-dir").mkdir()
-        folder = d.component("folder")
-        scans = wait_until(lambda: folder.last_scan, 5, what="a scan")
-        wait_until(lambda: folder.error, 10, what="the directory reported")
-        wait_until(lambda: (folder.last_scan or 0) > scans + 1.0, 10, what="more polls")
-        errors = [r for r in caplog.records if "a-dir across filesystems" in r.getMessage()]
-        assert len(errors) == 1 and (inbox / "a-dir").is_dir()
+        (inbox / "a-dir" / "inside.bmp").write_bytes(good)
+        (inbox / "link.bmp").symlink_to(cnmc_files()[8])
+        os.mkfifo(inbox / "pipe.bmp")                 # its content must not be read: it would block
+        (inbox / "lost+found").mkdir()
+        wait_until(lambda: len(env.rows()) == 4, 15, what="directory, link and FIFO quarantined")
+        reasons = {r["name"]: (r["status"], r["reason"]) for r in env.rows()}
+        assert reasons["a-dir"] == ("quarantined", "not_a_file")
+        assert reasons["link.bmp"] == ("quarantined", "symlink")
+        assert reasons["pipe.bmp"] == ("quarantined", "not_a_file")
+        assert sorted(p.name for p in inbox.iterdir()) == [".claiming", "lost+found"]
+        assert d.component("folder").error is None
+        kept = [p for p in (env.data / "quarantine").rglob("*a-dir") if p.is_dir()]
+        assert len(kept) == 1 and (kept[0] / "inside.bmp").read_bytes() == good
     finally:
         d.shutdown()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -29,8 +29,8 @@ def make_broker(tmp_path: Path, pki, passwords) -> Iterator:
     """Factory: brokers are created stopped (`.start()` them); all are stopped in teardown."""
     made: List[Broker] = []
 
-    def make(plain: bool = False) -> Broker:
-        b = Broker(tmp_path / f"broker{len(made)}", pki, passwords, plain=plain)
+    def make(plain: bool = False, **options: Any) -> Broker:
+        b = Broker(tmp_path / f"broker{len(made)}", pki, passwords, plain=plain, **options)
         made.append(b)
         return b
 

@@ -127,3 +127,15 @@ class HiasListener:
     def summary(self) -> Dict[str, int]:
         with self.lock:
             return {k: len(v) for k, v in self.by_channel.items()}
+
+
+def send_command(broker: Broker, topic: str, payload: bytes, retain: bool = False) -> None:
+    """Publish one command the way the HIAS server does (its own user and client id)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hias-server")
+    c.username_pw_set("hias", USERS["hias"])
+    c.tls_set_context(broker.client_tls_context())
+    c.connect("localhost", broker.port)
+    c.loop_start()
+    c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()

@@ -7,13 +7,12 @@ import logging
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from edge.hias import client as client_module
 from tests.hias.broker import USERS
 from tests.hias.edge_setup import Edge, make_config
-from tests.hias.listener import LIFE_KEYS
+from tests.hias.listener import LIFE_KEYS, send_command
 from tests.util import wait_until
 
 
@@ -94,7 +93,8 @@ def test_wrong_password_fails_readably_without_crash_loop(
         edge.close()
 
 
-@pytest.mark.parametrize("where", ["systemd-credential", "environment"])
+@pytest.mark.parametrize("where", ["systemd-credential", "environment",
+                                   "environment-under-blank-credential"])
 def test_password_from_credential_or_environment(
         broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     cfg = make_config(broker, tmp_path / "edge")
@@ -105,6 +105,8 @@ def test_password_from_credential_or_environment(
         (creds / "hias-password").write_text(USERS["edge"] + "\n")
     else:
         monkeypatch.setenv("HIAS_PASSWORD", USERS["edge"])
+    if where == "environment-under-blank-credential":   # the unit's SetCredential= fallback
+        (creds / "hias-password").write_text(" ")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     edge = Edge(cfg).start()
     try:
@@ -137,6 +139,52 @@ def test_unreadable_password_file_and_bad_ca_file_do_not_raise(broker, tmp_path:
     edge.close()
 
 
+def test_password_file_not_utf8_is_a_readable_failure(broker, tmp_path: Path) -> None:
+    cfg = make_config(broker, tmp_path / "edge")
+    cfg.hias.password_file.write_bytes(b"\xff\xfeedge-secret-pw\n")   # UTF-16 from an editor
+    edge = Edge(cfg).start()                                           # must not raise
+    try:
+        check = _health(edge)
+        assert check.state == "fail"
+        assert check.summary == f"cannot read hias.password_file {cfg.hias.password_file}: " \
+                                "not UTF-8 text"
+    finally:
+        edge.close()
+
+
+def test_host_name_not_in_the_certificate_is_a_tls_failure(make_broker, tmp_path: Path) -> None:
+    broker = make_broker(wrong_name=True)   # certificate for hias.example.org, not localhost
+    broker.start()
+    edge = Edge(make_config(broker, tmp_path / "edge")).start()
+    try:
+        assert edge.wait_state("error")
+        check = _health(edge)
+        assert check.state == "fail" and check.summary.startswith("TLS: certificate of localhost")
+        assert "mismatch" in check.summary and "host name" in check.summary
+    finally:
+        edge.close()
+
+
+def test_client_certificate_when_the_broker_requires_one(make_broker, tmp_path: Path) -> None:
+    broker = make_broker(require_certificate=True)
+    broker.start()
+    pki = broker.pki
+    edge = Edge(make_config(broker, tmp_path / "with", tls={
+        "certfile": str(pki["client_cert"]), "keyfile": str(pki["client_key"])})).start()
+    try:
+        assert edge.wait_state("connected"), edge.hias.status()["last_error"]
+    finally:
+        edge.close()
+    edge = Edge(make_config(broker, tmp_path / "without")).start()
+    try:
+        assert edge.wait_state("error")
+        check = _health(edge)
+        assert check.state == "fail" and "closed the connection before the MQTT login" in \
+            check.summary and "require a client certificate" in check.summary, check
+    finally:
+        edge.close()
+
+
 def test_dns_failure_is_reported(tmp_path: Path, pki) -> None:
     cfg = make_config(None, tmp_path / "edge", ca=pki["ca"], host="no-such-host.invalid")
     edge = Edge(cfg).start()
@@ -159,17 +207,6 @@ def test_plain_tcp_only_when_configured(make_broker, tmp_path: Path) -> None:
         edge.close()
 
 
-def _command(broker, topic: str, payload: bytes) -> None:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="hias-server")
-    c.username_pw_set("hias", USERS["hias"])
-    c.tls_set_context(broker.client_tls_context())
-    c.connect("localhost", broker.port)
-    c.loop_start()
-    c.publish(topic, payload, qos=1).wait_for_publish(5)
-    c.disconnect()
-    c.loop_stop()
-
-
 def test_commands_are_run_and_answered(broker, listener, tmp_path: Path) -> None:
     edge = Edge(make_config(broker, tmp_path / "edge")).start()
     topic = "Lab1/Agents/Haematology/pi-test/Commands"
@@ -180,7 +217,7 @@ def test_commands_are_run_and_answered(broker, listener, tmp_path: Path) -> None
                 b'{"Command": "status", "Id": "3"}', b'{"Command": "explode", "Id": "4"}',
                 b"not json at all", b"[]"]
         for payload in sent:
-            _command(broker, topic, payload)
+            send_command(broker, topic, payload)
         assert listener.wait_for(lambda: len(listener.of("Notifications")) == len(sent))
         notes = {n.body["Id"]: n.body for n in listener.of("Notifications")}
         assert notes["1"]["State"] == "OK" and notes["1"]["Message"] == "capture requested"
@@ -196,7 +233,7 @@ def test_commands_are_run_and_answered(broker, listener, tmp_path: Path) -> None
         assert len(listener.of("Life")) >= 1
         assert edge.hias.status()["commands_refused"] == 3
         edge.daemon.camera = False
-        _command(broker, topic, b'{"Command": "capture", "Id": "5"}')
+        send_command(broker, topic, b'{"Command": "capture", "Id": "5"}')
         assert listener.wait_for(lambda: len(listener.of("Notifications")) == len(sent) + 1)
         last = listener.of("Notifications")[-1].body
         assert last["State"] == "Error" and "no camera" in last["Message"]
@@ -245,7 +282,7 @@ def test_journal_failure_is_logged_once_and_not_fatal(
         assert edge.hias._thread.is_alive() and edge.wait_state("connected")
         outbox = next(c for c in edge.hias.health() if c.name == "hias-outbox")
         assert outbox.state == "warn" and outbox.summary == "outbox unreadable"
-        _command(broker, "Lab1/Agents/Haematology/pi-test/Commands", b'{"Command": "status"}')
+        send_command(broker, "Lab1/Agents/Haematology/pi-test/Commands", b'{"Command": "status"}')
         assert listener.wait_for(lambda: len(listener.of("Notifications")) == 1)
     finally:
         edge.hias.stop(timeout=5)
@@ -273,11 +310,12 @@ def test_stable_session_lost_retries_at_min_delay(
         edge.close()
 
 
-def test_two_devices_with_one_entity_do_not_storm(broker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_two_devices_with_one_entity_do_not_storm(broker, tmp_path: Path, protocol: str) -> None:
     """Same client id twice: the broker keeps kicking the older one; backoff still grows."""
-    a = Edge(make_config(broker, tmp_path / "a", reconnect_max_delay=5)).start()
+    a = Edge(make_config(broker, tmp_path / "a", reconnect_max_delay=5, protocol=protocol)).start()
     assert a.wait_state("connected")
-    b = Edge(make_config(broker, tmp_path / "b", reconnect_max_delay=5)).start()
+    b = Edge(make_config(broker, tmp_path / "b", reconnect_max_delay=5, protocol=protocol)).start()
     try:
         time.sleep(3.0)
         connects = a.hias.status()["connects"] + b.hias.status()["connects"]
@@ -288,3 +326,20 @@ def test_two_devices_with_one_entity_do_not_storm(broker, tmp_path: Path) -> Non
     finally:
         a.close()
         b.close()
+
+
+def test_broker_restart_right_after_connecting_is_not_blamed_on_another_device(
+        broker, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="edge.hias")
+    edge = Edge(make_config(broker, tmp_path / "edge")).start()
+    try:
+        assert edge.wait_state("connected")
+        broker.stop()                          # well within 2 s of connecting
+        wait_until(lambda: "refused" in (edge.hias.status()["last_error"] or ""), timeout=10,
+                   what="the reconnect to be refused")
+        broker.start()
+        assert edge.wait_state("connected", timeout=10)
+        lost = [r.getMessage() for r in caplog.records if " lost" in r.getMessage()]
+        assert len(lost) == 1 and "another device" not in lost[0], lost
+    finally:
+        edge.close()

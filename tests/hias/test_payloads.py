@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import HiasConfig
-from edge.hias import commands, payloads, topics
+from edge.hias import commands, outbox, payloads, topics
 from edge.hias.life import SystemStats, temperature
 from edge.hias.outbox import Outbox, TokenBucket
 from edge.journal import Journal
@@ -43,8 +43,6 @@ def test_classification_has_hias_keys_and_our_fields() -> None:
     neg = payloads.classification(make_result(4, positive=False), "m")
     assert (neg["State"], neg["Value"], neg["Message"]) == \
         ("Negative", "normal", payloads.NEGATIVE_MESSAGE)
-    q = payloads.classification({"id": "X", "status": "quarantined", "reason": "not an image"}, "m")
-    assert q["State"] == "Error" and "not an image" in q["Message"]
 
 
 def test_encode_never_emits_nan() -> None:
@@ -93,6 +91,8 @@ def test_commands_parse(payload: bytes, name: str, rid) -> None:
     (b'{"Command": "self-destruct"}', "unknown command 'self-destruct'"),
     (b"{" + b" " * 20000 + b"}", "too large"),
     (b"[" * 16000, "nested too deeply"),   # was a RecursionError: no answer, a traceback
+    # An int past Python's 4300-digit limit: a plain ValueError, was uncaught too.
+    (b'{"Command": "reload", "Id": ' + b"9" * 5000 + b"}", "not valid UTF-8 JSON"),
 ])
 def test_commands_refused_with_a_reason(payload: bytes, fragment: str) -> None:
     with pytest.raises(commands.CommandError, match=fragment):
@@ -166,4 +166,56 @@ def test_outbox_result_offered_after_its_backlog_read_goes_out_once(tmp_path: Pa
     Racing.outbox_pending = lambda self, limit: journal.outbox_pending(limit)  # type: ignore
     clock.t += 1
     assert box.take() == []
+    journal.close()
+
+
+def test_outbox_skips_results_that_are_not_classifications(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    box = Outbox(journal, resend_rate=5, clock=Clock())
+    box.set_connected(True)
+    box.take()                        # the (empty) backlog is read once
+    box.offer(dict(make_result(1), status="quarantined", reason="not an image"))
+    assert box.pending_hint() == 0 and box.take() == []
+    journal.close()
+
+
+def test_outbox_holds_results_while_the_broker_refuses_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox, "REFUSED_RETRY_MIN", 10.0)
+    monkeypatch.setattr(outbox, "REFUSED_RETRY_MAX", 25.0)
+    journal = Journal(tmp_path)
+    clock = Clock()
+    box = Outbox(journal, resend_rate=50, clock=clock)
+    rows = [make_result(i) for i in range(3)]
+    for r in rows:
+        journal.record(r)
+    box.set_connected(True)
+    for mid, r in enumerate(box.take()):
+        box.published(mid, r["id"])
+    assert box.acked(0) and box.refused() is True        # refusal starts: held for 10 s
+    assert box.acked(1) and box.refused() is False       # same burst: no longer wait
+    box.acked(2)
+    box.refused()
+    fresh = make_result(9)
+    journal.record(fresh)
+    box.offer(fresh)
+    clock.t += 9.9
+    assert box.take() == [] and box.refused_retry_in() == pytest.approx(0.1)
+    for wait in (20.0, 25.0, 25.0):                      # probes: one result, doubling, capped
+        clock.t += 0.1
+        probe = box.take()
+        assert [r["id"] for r in probe] == [rows[0]["id"]]
+        box.published(7, probe[0]["id"])
+        assert box.take() == []                          # one probe in flight at a time
+        box.acked(7)
+        box.refused()
+        assert box.refused_retry_in() == wait
+        clock.t += wait - 0.1
+    clock.t += 0.1
+    probe = box.take()
+    box.published(8, probe[0]["id"])
+    box.acked(8)
+    assert box.accepted() is True and box.accepted() is False   # refusal over
+    journal.outbox_mark_delivered(probe[0]["id"])
+    assert [r["id"] for r in box.take()] == [r["id"] for r in rows[1:] + [fresh]]  # at once
     journal.close()
