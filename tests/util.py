@@ -29,6 +29,16 @@ def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "cond
         time.sleep(interval)
 
 
+class Clock:
+    """A monotonic clock the test moves by hand (`clock.t += 60`)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago (the OS picks it)."""
     with socket.socket() as s:

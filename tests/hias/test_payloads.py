@@ -15,6 +15,7 @@ from edge.hias.outbox import Outbox, TokenBucket
 from edge.journal import Journal
 from tests.hias.edge_setup import make_result
 from tests.hias.listener import hias_parse
+from tests.util import Clock
 
 
 def test_topics_parse_the_way_hias_does() -> None:
@@ -97,14 +98,6 @@ def test_commands_parse(payload: bytes, name: str, rid) -> None:
 def test_commands_refused_with_a_reason(payload: bytes, fragment: str) -> None:
     with pytest.raises(commands.CommandError, match=fragment):
         commands.parse(payload)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_token_bucket_rate() -> None:

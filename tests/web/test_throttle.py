@@ -6,15 +6,8 @@ import logging
 import time
 
 from edge.web.throttle import MAX_ADDRESSES, FailedLogins
+from tests.util import Clock
 from tests.web.conftest import PASSWORD, TOKEN, USER, basic, bearer, start_standin
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_lockout_after_limit_within_window_and_release() -> None:
