@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_SUBDIRS = ("processing", "archive", "quarantine", "thumbs", "annotated")  # under data_dir
 DEFAULT_CONFIG = REPO_ROOT / "confs.json"
 ISRG_ROOT_X1 = "/etc/ssl/certs/ISRG_Root_X1.pem"
 
@@ -249,20 +250,39 @@ def _format_errors(exc: ValidationError) -> List[str]:
     return lines
 
 
-def _resolve_paths(cfg: Config, base: Path) -> None:
-    def fix(section: BaseModel, name: str) -> None:
+PATH_KEYS = ("model.xml", "sources.folder.path", "storage.data_dir", "server.auth.password_file",
+             "server.auth.token_file", "hias.tls.ca_file", "hias.tls.certfile", "hias.tls.keyfile",
+             "hias.password_file")
+
+
+def _resolve_paths(cfg: Config, base: Path, cwd_keys: Sequence[str] = ()) -> None:
+    """Relative paths from the file are relative to the file; from `--set`, to the working
+    directory (what a shell user means by `--set storage.data_dir=var`)."""
+    for key in PATH_KEYS:
+        *parents, name = key.split(".")
+        section: BaseModel = cfg
+        for part in parents:
+            section = getattr(section, part)
         p = getattr(section, name)
         if p is not None and not Path(p).is_absolute():
-            setattr(section, name, (base / p).resolve())
+            setattr(section, name, ((Path.cwd() if key in cwd_keys else base) / p).resolve())
 
-    fix(cfg.model, "xml")
-    fix(cfg.sources.folder, "path")
-    fix(cfg.storage, "data_dir")
-    for name in ("password_file", "token_file"):
-        fix(cfg.server.auth, name)
-    for name in ("ca_file", "certfile", "keyfile"):
-        fix(cfg.hias.tls, name)
-    fix(cfg.hias, "password_file")
+
+def _overlap(cfg: Config) -> Optional[str]:
+    """The folder source must never see the daemon's own files as inputs, nor hide its inbox
+    inside them."""
+    if not cfg.sources.folder.enabled:
+        return None
+    inbox, data = Path(cfg.sources.folder.path).resolve(), Path(cfg.storage.data_dir).resolve()
+    if inbox == data or inbox in data.parents:
+        return (f"sources.folder.path ({inbox}) must not be storage.data_dir or contain it: the "
+                "daemon would take its own archive and journal as inputs; use a separate inbox")
+    if data in inbox.parents:
+        first = inbox.relative_to(data).parts[0]
+        if first in DATA_SUBDIRS or first.startswith("journal.sqlite3"):
+            return (f"sources.folder.path ({inbox}) lies inside the daemon's own {data / first}; "
+                    "use a separate inbox")
+    return None
 
 
 def _check_files(cfg: Config) -> List[str]:
@@ -321,12 +341,16 @@ def load_config(
         base = path.resolve().parent
     raw = apply_overrides(raw, overrides)
     try:
-        cfg = Config.model_validate(raw)
+        # strict: "8080", "no" or 0 where a number or true/false belongs is a mistake, not a value
+        cfg = Config.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
-    _resolve_paths(cfg, base)
-    if check_files:
-        problems = _check_files(cfg)
-        if problems:
-            raise ConfigError(problems)
+    set_keys = [item.partition("=")[0].strip() for item in overrides]
+    _resolve_paths(cfg, base, [k for k in PATH_KEYS if k in set_keys])
+    problems = _check_files(cfg) if check_files else []
+    overlap = _overlap(cfg)
+    if overlap:
+        problems.append(overlap)
+    if problems:
+        raise ConfigError(problems)
     return cfg

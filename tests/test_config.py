@@ -36,7 +36,11 @@ def test_required_keys_exist_with_documented_names() -> None:
         ("hias.zone=a/b", "hias.zone: Value error, must be a non-empty topic segment"),
         ("server.host=my host", "server.host: Value error, must be an IP address"),
         ("model.xml=/nonexistent/model.xml", "model.xml: file not found: /nonexistent/model.xml"),
-        ("server=3", "server: Input should be a valid dictionary"),
+        ("server=3", "server: Input should be an object"),
+        ("server.port=\"8080\"", "server.port: Input should be a valid integer (got \"8080\")"),
+        ("sources.folder.enabled=no", "sources.folder.enabled: Input should be a valid boolean"),
+        ("storage.archive_images=0", "storage.archive_images: Input should be a valid boolean (got 0)"),
+        ("model.threshold=\"0.7\"", "model.threshold: Input should be a valid number"),
         ("hias.protocol=4", "hias.protocol: Input should be '5' or '3.1.1'"),
         ("hias.reconnect_min_delay=90",
          "hias: Value error, reconnect_min_delay (90 s) must not exceed reconnect_max_delay (60 s)"),
@@ -79,3 +83,42 @@ def test_hias_enabled_needs_its_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(None, ["hias.enabled=true", f"hias.tls.ca_file={tmp_path}/none.pem"])
     assert any(p.startswith("hias.tls.ca_file: file not found") for p in exc.value.problems)
+
+
+def test_wrong_types_in_the_file_are_errors_not_conversions(tmp_path: Path) -> None:
+    raw = json.loads((REPO_ROOT / "confs.json").read_text())
+    raw["server"]["port"] = "8080"
+    raw["sources"]["folder"]["enabled"] = "no"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert sorted(p.split(":")[0] for p in exc.value.problems) == ["server.port", "sources.folder.enabled"]
+
+
+@pytest.mark.parametrize("inbox, data, fragment", [
+    ("d", "d", "must not be storage.data_dir or contain it"),
+    ("d", "d/data", "must not be storage.data_dir or contain it"),
+    ("d/archive/in", "d", "lies inside the daemon's own"),
+])
+def test_inbox_and_data_dir_must_not_overlap(tmp_path: Path, inbox: str, data: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(REPO_ROOT / "confs.json", [f"sources.folder.path={tmp_path / inbox}",
+                                               f"storage.data_dir={tmp_path / data}"])
+    assert any(fragment in p for p in exc.value.problems), exc.value.problems
+
+
+def test_inbox_beside_the_daemons_folders_is_fine(tmp_path: Path) -> None:
+    cfg = load_config(REPO_ROOT / "confs.json", [f"sources.folder.path={tmp_path / 'd/inbox'}",
+                                                 f"storage.data_dir={tmp_path / 'd'}"])
+    assert cfg.sources.folder.path == tmp_path / "d/inbox"
+    load_config(REPO_ROOT / "confs.json", ["sources.folder.enabled=false", f"sources.folder.path={tmp_path}",
+                                           f"storage.data_dir={tmp_path}"])
+
+
+def test_relative_paths_from_set_are_relative_to_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO_ROOT / "confs.json", ["storage.data_dir=var/data"])
+    assert cfg.storage.data_dir == tmp_path / "var/data"
+    assert cfg.sources.folder.path == REPO_ROOT / "var/inbox"     # from the file: beside the file
