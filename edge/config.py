@@ -138,6 +138,8 @@ class StorageConfig(Section):
     archive_images: bool = True
     archive_max_days: int = Field(90, ge=0, le=36500, description="0 = keep no archived images")
     archive_max_gb: float = Field(8.0, ge=0, le=10000)
+    quarantine_max_gb: float = Field(2.0, ge=0, le=10000, description="rejected inputs, oldest "
+                                     "removed first (one may be up to 512 MB)")
     journal_max_rows: int = Field(2_000_000, ge=1000)
     journal_max_days: int = Field(3650, ge=1)
     min_free_mb: int = Field(1024, ge=0, description="stop archiving below this free space")

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 log = logging.getLogger(__name__)
 
 NAME_MAX_BYTES = 255
+REASON_SUFFIX = ".reason.json"   # beside each quarantined input
 _UNSAFE = re.compile(r"[\x00-\x1f/\\]")
 
 
@@ -43,6 +44,17 @@ def display_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def log_name(name: str) -> str:
+    """`display_name` with every non-printable character escaped (`\\n`, `\\x1b`, `\\u2028`...):
+    a file name is untrusted, and one holding a line break or terminal controls must not
+    forge log lines."""
+    text = display_name(name)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
 def safe_name(name: str, fallback: str = "upload") -> str:
     """A client-supplied name reduced to one harmless path component."""
     base = _UNSAFE.sub("_", display_name(name).replace("\\", "/").split("/")[-1]).strip()
@@ -55,7 +67,7 @@ def stored_name(id: str, name: str) -> str:
     """`<id>__<name>` as valid UTF-8, shortened (extension kept) to fit NAME_MAX even with a
     `.reason.json` suffix."""
     name = display_name(name)  # undecodable bytes would break the journal's text columns
-    budget = NAME_MAX_BYTES - len(id) - 2 - len(".reason.json")
+    budget = NAME_MAX_BYTES - len(id) - 2 - len(REASON_SUFFIX)
     raw = name.encode("utf-8")
     if len(raw) > budget:
         stem, dot, ext = name.rpartition(".")
@@ -149,7 +161,7 @@ class Store:
         """Move a claimed file (or write uploaded bytes) to `target`; delete src if no target."""
         if target is None:
             if src is not None:
-                _remove(src)
+                remove_entry(src)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         if src is not None:
@@ -159,7 +171,7 @@ class Store:
         if result["status"] == "quarantined":
             reason = {k: result.get(k) for k in ("id", "time", "source", "name", "sha256",
                                                   "reason", "detail")}
-            self.write_file(target.with_name(target.name + ".reason.json"),
+            self.write_file(target.with_name(target.name + REASON_SUFFIX),
                             (json.dumps(reason, ensure_ascii=False, indent=2) + "\n").encode())
 
 
@@ -177,7 +189,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _remove(path: Path) -> None:
+def remove_entry(path: Path) -> None:
+    """Delete a file, link or directory tree (whatever an input turned out to be)."""
     try:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -243,14 +256,8 @@ class Retention:
                     shutil.rmtree(d, ignore_errors=True)
                     summary["days_removed"] += 1
         summary["files_removed"] = self._limit_size(int(cfg.archive_max_gb * 1024 ** 3))
-        q_cutoff = now - max(cfg.archive_max_days, 1) * 86400
-        for p in list(self.store.quarantine.iterdir()):
-            try:
-                if _quarantined_at(p) < q_cutoff:
-                    _remove(p)
-                    summary["quarantine_removed"] += 1
-            except OSError:
-                pass
+        summary["quarantine_removed"] = self._limit_quarantine(
+            now - max(cfg.archive_max_days, 1) * 86400, int(cfg.quarantine_max_gb * 1024 ** 3))
         summary["rows_removed"] = self.journal.prune(cfg.journal_max_rows, cfg.journal_max_days,
                                                      now=now)
         for root in (self.store.archive, self.store.thumbs, self.store.annotated):
@@ -262,6 +269,33 @@ class Retention:
         if any(summary.values()):
             log.info("retention: removed %s", ", ".join(f"{k}={v}" for k, v in summary.items()))
         return summary
+
+    def _limit_quarantine(self, cutoff: float, limit: int) -> int:
+        """Remove quarantined inputs (with their reason files) older than `cutoff`, then the
+        oldest until the rest fit in `limit` bytes. Returns the number of inputs removed."""
+        groups: Dict[str, List[Path]] = {}   # an input and its reason file go together
+        for p in self.store.quarantine.iterdir():
+            groups.setdefault(p.name[:-len(REASON_SUFFIX)] if p.name.endswith(REASON_SUFFIX)
+                              else p.name, []).append(p)
+        entries = []
+        for name, paths in groups.items():
+            with contextlib.suppress(OSError):
+                size = sum(_dir_size(p) if p.is_dir() and not p.is_symlink() else p.lstat().st_size
+                           for p in paths)
+                entries.append((_quarantined_at(paths[0]), name, paths, size))
+        entries.sort()
+        total, removed = sum(e[3] for e in entries), 0
+        for at, _name, paths, size in entries:
+            if at >= cutoff and total <= limit:
+                break
+            try:
+                for p in paths:
+                    remove_entry(p)
+            except OSError:
+                continue
+            total -= size
+            removed += 1
+        return removed
 
     def _limit_size(self, limit: int) -> int:
         """Delete oldest archived inputs, then thumbnails, until all of them fit in `limit`."""

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from edge.component import Component, HealthCheck
 from edge.journal import new_id
 from edge.pipeline import Job, Stopped
-from edge.retention import display_name, fsync_dir, split_stored, stored_name
+from edge.retention import display_name, fsync_dir, remove_entry, split_stored, stored_name
 
 log = logging.getLogger(__name__)
 
@@ -345,14 +345,6 @@ def submit_blocking(pipeline: Any, job: Job, stop: threading.Event) -> bool:
     return False
 
 
-def _remove(path: Path) -> None:
-    """Delete a file, link or directory tree (whatever a claim turned out to be)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def _copy_entry(src: Path, dst: Path) -> None:
     """Copy what an inbox entry is, so the pipeline can judge it as it would after a rename:
     a symlink stays a link (never followed), a directory stays a directory, and any other
@@ -377,15 +369,15 @@ def finish_held_claim(held: Path, dst: Path) -> None:
     if not os.path.lexists(dst):
         tmp = dst.with_name("." + dst.name + ".claim")
         try:
-            _remove(tmp)
+            remove_entry(tmp)
             _copy_entry(held, tmp)
             os.rename(tmp, dst)
         except OSError:
             with contextlib.suppress(OSError):
-                _remove(tmp)
+                remove_entry(tmp)
             raise
         fsync_dir(dst.parent)
-    _remove(held)
+    remove_entry(held)
 
 
 def _finish_held_claims(daemon: Any) -> None:
@@ -414,7 +406,7 @@ def recover(daemon: Any, stop: threading.Event) -> int:
         if entry.startswith("."):
             # a half-done cross-filesystem claim copy: the claim itself is in <inbox>/.claiming
             log.info("removing incomplete claim copy %s", display_name(entry))
-            _remove(path)
+            remove_entry(path)
             continue
         id, name = split_stored(entry)
         if not id:

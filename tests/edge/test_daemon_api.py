@@ -292,6 +292,24 @@ def test_retention_by_age_size_and_rows(tmp_path: Path) -> None:
     assert summary["rows_removed"] == 1 and journal.count() == 1
 
 
+def test_quarantine_is_trimmed_to_its_own_budget_oldest_first(tmp_path: Path) -> None:
+    cfg = StorageConfig(data_dir=tmp_path, quarantine_max_gb=1500 / 1024 ** 3, min_free_mb=0)
+    store = Store(cfg)
+    names = []
+    for i in range(4):                                 # 4 x (1000 B input + its reason file)
+        name = stored_name(new_id(), f"bad{i}.png")
+        (store.quarantine / name).write_bytes(b"q" * 1000)
+        (store.quarantine / (name + ".reason.json")).write_text('{"reason": "truncated"}')
+        names.append(name)
+    folder = store.quarantine / stored_name(new_id(), "a-dir")   # a quarantined directory
+    folder.mkdir()
+    (folder / "inside.bmp").write_bytes(b"d" * 400)
+    summary = Retention(store, Journal(tmp_path, outbox=False)).run()
+    left = sorted(p.name for p in store.quarantine.iterdir())
+    assert summary["quarantine_removed"] == 3
+    assert left == sorted([names[3], names[3] + ".reason.json", folder.name])
+
+
 def test_status_is_json_and_complete(daemon: Daemon) -> None:
     st = json.loads(json.dumps(daemon.status()))
     for key in ("agent", "version", "ready", "uptime_s", "model", "counters", "totals",
