@@ -86,7 +86,7 @@ def cmd_classify(cfg: Config, images: Sequence[Path]) -> int:
     from edge.inference import ModelError, load_classifier
     from edge.journal import new_id, utc_iso
     from edge.pipeline import read_claimed
-    from edge.retention import display_name
+    from edge.retention import display_name, log_name
 
     try:
         clf = load_classifier(cfg)
@@ -110,6 +110,10 @@ def cmd_classify(cfg: Config, images: Sequence[Path]) -> int:
         except imaging.ImageError as exc:
             failed += 1
             r.update(reason=exc.reason, detail=exc.message)
+        except ModelError as exc:  # e.g. non-finite output for this input: say so, go on
+            failed += 1
+            r.update(reason="model_error", detail=str(exc))
+            log.error("%s: model error: %s", log_name(str(path)), exc)
         else:
             label = clf.label_for(pred.probability)
             r.update(status="ok", label=label, positive=label == meta.positive_label,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import BinaryIO, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -18,6 +18,11 @@ from PIL import Image
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
 SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# the usual extension of each format, for inputs whose name has none that fits
+FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif"}
+# Pillow's names for what is one of ours to every other reader (OpenCV decodes the first
+# picture of a multi-picture JPEG like any JPEG)
+FORMAT_ALIASES = {"MPO": "JPEG"}
 DEFAULT_MAX_PIXELS = 50_000_000  # a 2592x1944 field is 5 Mpx; 10x headroom
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit before decoding
@@ -43,11 +48,26 @@ def probe(data: bytes) -> ImageInfo:
     """Format and size from the header only."""
     if not data:
         raise ImageError("empty", "the file is empty")
+    return _probe_stream(io.BytesIO(data))
+
+
+def probe_file(path: Union[str, Path]) -> ImageInfo:
+    """`probe` for a stored file, reading only as much of it as the header needs (serving an
+    archived image must not load the whole file to name its type)."""
+    with open(path, "rb") as f:
+        if not f.read(1):
+            raise ImageError("empty", "the file is empty")
+        f.seek(0)
+        return _probe_stream(f)
+
+
+def _probe_stream(fp: BinaryIO) -> ImageInfo:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(fp) as im:
             fmt, (w, h) = im.format or "", im.size
     except Exception as exc:  # PIL raises many types for garbage
         raise ImageError("not_an_image", f"not a readable image ({type(exc).__name__})") from None
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
     if fmt not in SUPPORTED_FORMATS:
         raise ImageError(
             "unsupported_format", f"{fmt or 'unknown'} is not supported; use JPEG, PNG, BMP or TIFF"

@@ -28,7 +28,7 @@ import numpy as np
 
 from edge import DISCLAIMER, imaging
 from edge.journal import utc_iso
-from edge.retention import Store, display_name
+from edge.retention import Store, display_name, log_name
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,8 @@ class Pipeline:
         with self._lock:
             self.failed += len(jobs)
         for job in jobs:
-            log.error("could not journal %s (%s): %s; %s", job.id, job.name, self.last_error,
+            log.error("could not journal %s (%s): %s; %s", job.id, log_name(job.name),
+                      self.last_error,
                       "left in processing/ for the next start" if job.path
                       else "the caller gets an error")
             if job.future is not None and not job.future.done():
@@ -413,8 +414,8 @@ class Pipeline:
         try:
             self.store.place(job.path, job.data if job.path is None else None, target, result)
         except OSError as exc:  # journaled already: the outcome stands, the file stays put
-            log.error("%s journaled but could not be moved to %s: %s", job.id, target,
-                      exc.strerror)
+            log.error("%s journaled but could not be moved to %s: %s", job.id,
+                      log_name(str(target)), exc.strerror)
         job.data = job.thumb = None
         with self._lock:
             self.completed += 1
@@ -427,11 +428,11 @@ class Pipeline:
             self.last_progress = time.monotonic()
         self.last_error = None
         if result["status"] == "ok":
-            log.info("%s %s %s: %s p=%.3f", result["source"], job.id, result["name"],
+            log.info("%s %s %s: %s p=%.3f", result["source"], job.id, log_name(result["name"]),
                      result["label"], result["probability"])
         else:
             log.warning("%s %s %s quarantined: %s (%s)", result["source"], job.id,
-                        result["name"], result["reason"], result.get("detail"))
+                        log_name(result["name"]), result["reason"], result.get("detail"))
         if job.future is not None and not job.future.done():
             job.future.set_result(result)
         if new:

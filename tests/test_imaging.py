@@ -115,3 +115,42 @@ def test_fit_within_shrinks_never_enlarges() -> None:
     tiny = np.zeros((10, 20, 3), np.uint8)
     same, scale = imaging.fit_within(tiny, 160)
     assert same is tiny and scale == 1.0
+
+
+def _mpo(path) -> bytes:
+    """A real C-NMC 2019 cell (Gupta & Gupta 2019, TCIA, CC BY 3.0) saved by Pillow as a
+    two-picture MPO (a JPEG with multi-picture data, as stereo and some phone cameras write)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        first = im.convert("RGB")
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[first.rotate(90)])
+    return buf.getvalue()
+
+
+def test_mpo_is_a_jpeg_probed_decoded_reduced_and_checked_for_truncation() -> None:
+    from tests.util import cnmc_files
+
+    data = _mpo(cnmc_files()[0])
+    info = imaging.probe(data)
+    assert info.format == "JPEG" and (info.width, info.height) == (450, 450)
+    assert imaging.decode(data).shape == (450, 450, 3)
+    reduced = imaging.decode(data, target=(100, 100))
+    assert 100 <= reduced.shape[0] < 450  # the JPEG DCT reduction applies to MPO too
+    with pytest.raises(ImageError) as exc:
+        imaging.decode(data[:-100])
+    assert exc.value.reason == "truncated"
+
+
+def test_probe_file_reads_the_header_of_a_file(tmp_path) -> None:
+    path = tmp_path / "named.png"
+    path.write_bytes(_encode(".bmp", np.zeros((7, 9, 3), np.uint8)))
+    assert imaging.probe_file(path) == imaging.ImageInfo("BMP", 9, 7)
+    assert imaging.FORMAT_SUFFIX["BMP"] == ".bmp"
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError) as exc:
+        imaging.probe_file(tmp_path / "empty.jpg")
+    assert exc.value.reason == "empty"

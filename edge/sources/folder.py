@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from edge.component import Component, HealthCheck
 from edge.journal import new_id
 from edge.pipeline import Job, Stopped
-from edge.retention import display_name, fsync_dir, remove_entry, split_stored, stored_name
+from edge.retention import fsync_dir, log_name, remove_entry, split_stored, stored_name
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class FolderSource(Component):
             return True  # someone else took it: nothing left to do
         except OSError as exc:
             if exc.errno != errno.EXDEV:
-                msg = f"cannot claim {display_name(name)}: {exc.strerror}"
+                msg = f"cannot claim {log_name(name)}: {exc.strerror}"
                 if msg not in self._reported:
                     log.error("%s (check the inbox permissions)", msg)
                     self._reported.add(msg)
@@ -250,7 +250,7 @@ class FolderSource(Component):
             if claimed is None:
                 return True   # gone, or held in .claiming until the copy can be finished
             if not claimed:
-                self._pass_error = f"cannot claim {display_name(name)} across filesystems"
+                self._pass_error = f"cannot claim {log_name(name)} across filesystems"
                 return False
         self._submit(dst, name)
         return True
@@ -275,7 +275,7 @@ class FolderSource(Component):
         except FileNotFoundError:
             return None   # someone else took it
         except OSError as exc:
-            msg = f"cannot claim {display_name(src.name)} across filesystems: {exc.strerror}"
+            msg = f"cannot claim {log_name(src.name)} across filesystems: {exc.strerror}"
             if msg not in self._reported:  # once, not at every poll while it stays there
                 log.error("%s", msg)
                 self._reported.add(msg)
@@ -289,7 +289,7 @@ class FolderSource(Component):
             finish_held_claim(held, self.processing / held.name)
             return True
         except OSError as exc:
-            msg = f"cannot copy {display_name(held.name)} into {self.processing}: {exc.strerror}"
+            msg = f"cannot copy {log_name(held.name)} into {self.processing}: {exc.strerror}"
             if msg not in self._reported:
                 log.error("%s (it waits in %s)", msg, held.parent)
                 self._reported.add(msg)
@@ -389,9 +389,9 @@ def _finish_held_claims(daemon: Any) -> None:
     for path in held:
         try:
             finish_held_claim(path, daemon.store.processing / path.name)
-            log.info("finished the interrupted claim of %s", display_name(path.name))
+            log.info("finished the interrupted claim of %s", log_name(path.name))
         except OSError as exc:
-            log.error("cannot finish the claim of %s: %s (it stays in %s)", display_name(path.name),
+            log.error("cannot finish the claim of %s: %s (it stays in %s)", log_name(path.name),
                       exc.strerror, held_dir)
 
 
@@ -405,12 +405,12 @@ def recover(daemon: Any, stop: threading.Event) -> int:
         path = store.processing / entry
         if entry.startswith("."):
             # a half-done cross-filesystem claim copy: the claim itself is in <inbox>/.claiming
-            log.info("removing incomplete claim copy %s", display_name(entry))
+            log.info("removing incomplete claim copy %s", log_name(entry))
             remove_entry(path)
             continue
         id, name = split_stored(entry)
         if not id:
-            log.warning("processing/%s has no id; giving it one", display_name(entry))
+            log.warning("processing/%s has no id; giving it one", log_name(entry))
             id = new_id()
             new_path = store.processing / stored_name(id, entry)
             os.rename(path, new_path)
@@ -425,9 +425,9 @@ def recover(daemon: Any, stop: threading.Event) -> int:
                           exc.strerror)
                 continue
             log.info("recovered %s (%s): already journaled as %s, moved on", id,
-                     display_name(name), result["status"])
+                     log_name(name), result["status"])
             continue
-        log.info("recovered %s (%s): not journaled, processing again", id, display_name(name))
+        log.info("recovered %s (%s): not journaled, processing again", id, log_name(name))
         job = Job(id=id, source="folder", name=name,
                   analysis=daemon.config.sources.folder.analysis,
                   received=ulid_time(id) or time.time(), stored=entry, path=path)

@@ -58,8 +58,15 @@ def error_response(status: int, code: str, message: str, **extra: Any):
     return resp
 
 
-def _snake(name: str) -> str:
+def error_code(name: str) -> str:
+    """`Request Header Fields Too Large` -> `request_header_fields_too_large`."""
     return name.lower().replace(" ", "_").replace("-", "_").replace("'", "")
+
+
+def too_large_message(max_upload_mb: float) -> str:
+    """One wording for every `too_large` 413, whether Flask or waitress refuses the body."""
+    return (f"the request body exceeds the upload limit of {max_upload_mb:g} MB "
+            "(server.max_upload_mb)")
 
 
 def install(app: Flask, max_upload_mb: float) -> None:
@@ -74,13 +81,11 @@ def install(app: Flask, max_upload_mb: float) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge):
-        return error_response(413, "too_large",
-                              f"the request body exceeds the upload limit of {max_upload_mb:g} MB "
-                              "(server.max_upload_mb)")
+        return error_response(413, "too_large", too_large_message(max_upload_mb))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        return error_response(exc.code or 500, _snake(exc.name), exc.description or exc.name)
+        return error_response(exc.code or 500, error_code(exc.name), exc.description or exc.name)
 
     @app.errorhandler(sqlite3.Error)
     @app.errorhandler(OSError)

@@ -21,8 +21,7 @@ from edge.retention import write_atomic
 ANNOTATED_THUMB_SIZE = 640
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
-MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
-        ".tif": "image/tiff", ".tiff": "image/tiff"}
+FORMAT_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
 def valid_id(result_id: str) -> bool:
@@ -49,7 +48,12 @@ def find_image(journal: Any, result_id: str, data_dir: Path, kind: str = "image"
 
 
 def mimetype_for(path: Path) -> str:
-    return MIME.get(path.suffix.lower(), "application/octet-stream")
+    """The type of the file's bytes (from its header), never of its name: an upload named
+    `.png` may hold a BMP, and a browser shows an image only when told its real type."""
+    try:
+        return FORMAT_MIME[imaging.probe_file(path).format]
+    except (imaging.ImageError, OSError):
+        return "application/octet-stream"
 
 
 def thumb_cache_path(thumbs_dir: Path, result: Mapping[str, Any], annotated: bool = False

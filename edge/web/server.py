@@ -3,23 +3,59 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import waitress
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
 
 from edge.component import Component, HealthCheck
 from edge.web.app import create_app, max_upload_bytes
 from edge.web.auth import load_credentials
+from edge.web.errors import error_code, too_large_message
 from edge.web.metrics import Metrics
 
 log = logging.getLogger("edge.web")
 
-# Waitress answers bodies over its own limit with a plain-text 413 before Flask sees them;
-# keep its limit just above Flask's so normal oversize uploads get the JSON 413.
-WAITRESS_BODY_MARGIN = 64 * 1024
+# Flask refuses a body over server.max_upload_mb with the JSON 413 (MAX_CONTENT_LENGTH). Waitress
+# reads every body whole before the app sees it (into a temp file beyond inbuf_overflow, 512 KiB,
+# so memory stays bounded) and cuts off one beyond its own cap as soon as it knows, often while
+# the client is still sending (it may see a reset, not the answer). So its cap sits well above
+# the limit: an upload that is merely too large is read and answered cleanly; the cap only
+# bounds the temp file per connection. Beyond it, waitress's answer is made JSON too.
+WAITRESS_CAP_FACTOR = 2   # x 100 connections: the worst-case temp disk (5 GB at 25 MB)
+
+
+class _JsonError:
+    """A waitress error (body over its cap, malformed request) answered as our JSON error."""
+
+    def __init__(self, error: Any, too_large: str) -> None:
+        self.code, self.reason = error.code, error.reason
+        self.message = too_large if error.code == 413 else str(error.body)
+
+    def to_response(self, ident: Optional[str] = None) -> Tuple[str, List[Tuple[str, str]], bytes]:
+        code = "too_large" if self.code == 413 else error_code(self.reason)
+        body = json.dumps({"error": code, "message": self.message}).encode("utf-8")
+        return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+
+
+def _json_error_channel(too_large: str) -> type:
+    """An HTTPChannel whose own error answers (waitress's, not the app's) are JSON."""
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self) -> None:
+            self.request.error = _JsonError(self.request.error, too_large)
+            super().execute()
+
+    class JsonErrorChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return JsonErrorChannel
 
 
 class ServerStartError(Exception):
@@ -46,16 +82,21 @@ class HttpServer(Component):
         # waitress logs every request that has to wait for a worker; /metrics shows load instead
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         app = create_app(self.daemon, credentials=self._creds, metrics=self.metrics)
+        sockets: Dict[int, Any] = {}
         try:
             self._server = waitress.create_server(
-                app, host=cfg.host, port=cfg.port, threads=cfg.threads,
-                max_request_body_size=max_upload_bytes(self.daemon) + WAITRESS_BODY_MARGIN,
+                app, map=sockets, host=cfg.host, port=cfg.port, threads=cfg.threads,
+                max_request_body_size=max_upload_bytes(self.daemon) * WAITRESS_CAP_FACTOR,
                 ident="all-edge", channel_timeout=60, connection_limit=100,
             )
         except OSError as exc:
             raise ServerStartError(
                 f"server: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
             ) from None
+        channel = _json_error_channel(too_large_message(cfg.max_upload_mb))
+        for listener in sockets.values():  # one per listening socket (localhost: v4 and v6)
+            if isinstance(listener, BaseWSGIServer):
+                listener.channel_class = channel
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
         self._thread.start()
         log.info("HTTP API on http://%s:%s (auth: %s)", cfg.host, self.port,

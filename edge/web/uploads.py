@@ -8,15 +8,16 @@ input (quarantined with a reason); here the reason becomes 400/413/415.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote
 
 from flask import request
 
-from edge.imaging import ImageError
+from edge import imaging
 from edge.pipeline import Busy, Stopped
-from edge.retention import safe_name
+from edge.retention import log_name, safe_name
 from edge.web.errors import ApiError, status_for_reason
 
 log = logging.getLogger("edge.web")
@@ -31,10 +32,25 @@ def read_upload() -> Tuple[bytes, str]:
         if f is None:
             raise ApiError(400, "missing_file",
                            "multipart upload without a 'file' field (send the image as 'file')")
-        return f.read(), safe_name(f.filename or "upload")
-    header = request.headers.get("X-Filename")
-    name = unquote(header) if header else request.args.get("name")
-    return request.get_data(cache=False), safe_name(name or "upload")
+        data, name = f.read(), f.filename
+    else:
+        header = request.headers.get("X-Filename")
+        name = unquote(header) if header else request.args.get("name")
+        data = request.get_data(cache=False)
+    return data, with_format_suffix(data, safe_name(name or "upload"))
+
+
+def with_format_suffix(data: bytes, name: str) -> str:
+    """`name` plus the extension of the format its bytes are in when it has no image extension
+    (`upload` -> `upload.jpg`), so the archived copy is stored under a name that says its type.
+    A name with an image extension is kept even if the bytes disagree (the served type comes
+    from the bytes); a non-image keeps its name, it is quarantined and never stored."""
+    if os.path.splitext(name)[1].lower() in imaging.SUPPORTED_SUFFIXES:
+        return name
+    try:
+        return name + imaging.FORMAT_SUFFIX[imaging.probe(data).format]
+    except imaging.ImageError:
+        return name
 
 
 def analysis_arg() -> Optional[str]:
@@ -56,21 +72,21 @@ def submit(daemon: Any, data: bytes, name: str, source: str,
     try:
         result = daemon.submit_bytes(data, source=source, name=name, analysis=analysis,
                                      timeout=timeout)
-    except ImageError as exc:
+    except imaging.ImageError as exc:
         raise ApiError(status_for_reason(exc.reason), exc.reason, exc.message) from None
     except ValueError as exc:  # e.g. an analysis mode no analyzer is registered for
         raise ApiError(400, "bad_request", str(exc)) from None
     except (Busy, queue.Full):
-        log.warning("upload %r refused: the pipeline queue is full", name)
+        log.warning("upload %s refused: the pipeline queue is full", log_name(name))
         raise ApiError(503, "overloaded", "the daemon's queue is full; nothing was recorded, "
                        "retry shortly", headers={"Retry-After": "5"}) from None
     except TimeoutError as exc:
-        log.warning("upload %r not finished in time: %s", name, exc)
+        log.warning("upload %s not finished in time: %s", log_name(name), exc)
         raise ApiError(503, "timeout", f"{exc}; it will still be journaled: check "
                        "/api/v1/results before sending it again",
                        headers={"Retry-After": "5"}) from None
     except (Stopped, RuntimeError) as exc:  # the daemon is not running / stopping
-        log.warning("upload %r not processed: %s", name, exc)
+        log.warning("upload %s not processed: %s", log_name(name), exc)
         raise ApiError(503, "not_ready", str(exc) or "the daemon cannot take work now",
                        headers={"Retry-After": "5"}) from None
     if result.get("status") != "ok":

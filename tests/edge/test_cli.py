@@ -97,3 +97,43 @@ def test_classify_non_utf8_file_name_is_valid_json(env: Env, tmp_path: Path) -> 
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     r = json.loads(p.stdout.decode("utf-8"))
     assert r["status"] == "ok" and r["name"].endswith("cell\ufffd.bmp")
+
+
+def _dark_is_nan_ir(d: Path) -> Path:
+    """A throwaway synthetic IR (test-only): softmax over sqrt(mean pixel - 0.5), so a dark
+    image (a C-NMC cell on black) yields NaN and a white one a finite probability."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset8 as ops
+
+    d.mkdir()
+    p = ops.parameter([1, 100, 100, 3], np.float32, name="input")
+    pooled = ops.reduce_mean(p, np.array([1, 2], np.int64), keep_dims=False)
+    root = ops.sqrt(ops.subtract(pooled, ops.constant(np.float32(0.5))))
+    out = ops.softmax(ops.matmul(root, ops.constant(np.ones((3, 2), np.float32)), False, False), 1)
+    ov.save_model(ov.Model([out], [p], "nan-test"), str(d / "model.xml"))
+    meta = {"name": "nan-test", "version": "0", "created": "2026-11-22T00:00:00Z",
+            "labels": ["normal", "ALL"], "positive_label": "ALL",
+            "input": {"shape": [1, 100, 100, 3]}, "synthetic": True}
+    (d / "model.json").write_text(json.dumps(meta))
+    return d / "model.xml"
+
+
+def test_classify_model_error_is_one_line_and_the_rest_go_on(env: Env, tmp_path: Path) -> None:
+    """Non-finite model output for one file: one error line naming it, its JSON line says why,
+    the next file is still classified, and the exit code is non-zero. No traceback."""
+    import cv2
+    import numpy as np
+
+    env.settings["model"] = {"xml": str(_dark_is_nan_ir(tmp_path / "nan")), "devices": ["CPU"]}
+    white = tmp_path / "white.png"
+    cv2.imwrite(str(white), np.full((60, 60, 3), 255, np.uint8))
+    cell = str(cnmc_files()[0])
+    p = edge("classify", "--config", str(env.write()), cell, str(white))
+    assert p.returncode == 1
+    results = [json.loads(ln) for ln in p.stdout.splitlines()]
+    assert [r["status"] for r in results] == ["quarantined", "ok"]
+    assert results[0]["reason"] == "model_error" and "non-finite" in results[0]["detail"]
+    errors = p.stderr.strip().splitlines()
+    assert len(errors) == 1 and cell in errors[0] and "non-finite" in errors[0], p.stderr
+    assert "Traceback" not in p.stderr

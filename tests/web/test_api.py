@@ -168,14 +168,27 @@ def test_oversize_body_is_413_json_before_decoding(tmp_path):
     try:
         e = assert_json_error(run.post("/api/v1/classify", b"\xff" * 20_000), 413, "too_large")
         assert "0.01 MB" in e["message"]
-        # beyond waitress's own limit: refused by waitress (plain text), server stays up
-        r = run.post("/api/v1/classify", b"\xff" * 200_000)
-        assert r.status == 413
+        # beyond waitress's own cap (2x the limit): refused by waitress, with the same JSON
+        e = assert_json_error(run.post("/api/v1/classify", b"\xff" * 200_000), 413, "too_large")
+        assert "0.01 MB" in e["message"]
         assert run.get("/api/v1/status").status == 200
         assert run.daemon.journal.count() == 0  # never reached the daemon
     finally:
         run.server.stop(timeout=5)
         run.daemon.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_26_mb_body_over_the_25_mb_limit_is_json_413(standin, chunked):
+    """Well over the limit (not just by a few KiB), with Content-Length or chunked: still our
+    JSON 413, never waitress's plain text."""
+    body, mib = b"\xff" * (26 * 1024 * 1024), 1 << 20
+    for path in ("/api/v1/classify", "/Inference"):
+        sent = (body[i:i + mib] for i in range(0, len(body), mib)) if chunked else body
+        e = assert_json_error(standin.post(path, sent), 413, "too_large")
+        assert "25 MB" in e["message"]
+    assert standin.daemon.journal.count() == 0
+    assert standin.get("/healthz").status == 200
 
 
 def test_multipart_without_file_field_is_400(standin, jpeg_bytes):

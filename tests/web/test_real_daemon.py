@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from edge.config import load_config
+from tests.util import wait_until
 from tests.web.conftest import Running, basic, bearer, free_port, multipart
 from tests.web.test_api import assert_json_error, parse_metrics
 from tests.web.test_page import chromium_args, loaded_width, run_chromium
@@ -278,3 +279,48 @@ def test_real_cells_result_on_the_status_page(real, tmp_path):
     for name in ("hias", "camera"):
         assert re.search(rf'<tr data-check="{name}" class="dis"><td>{name}</td><td><span '
                          r'class="st st-disabled">disabled</span>', dom), name
+
+
+def test_file_name_cannot_forge_log_lines(real, cnmc_sample, caplog):
+    """An inbox name with a line break (and other controls) is logged escaped: one record, one
+    line, so `2026-... ERROR forged` cannot pass for a line of its own."""
+    name = "cell\n2026-11-22 10:00:00 ERROR edge: forged\r\u2028\x1b[31m.bmp"
+    inbox = Path(real.daemon.config.sources.folder.path)
+    caplog.set_level("INFO", logger="edge")
+    shutil.copy(next((cnmc_sample / "fold_0" / "hem").glob("*.bmp")), inbox / name)
+    rows = wait_until(lambda: real.get("/api/v1/results?limit=5").json()["results"],
+                      what="the folder input's result")
+    assert rows[0]["name"] == name and rows[0]["status"] == "ok"  # the journal keeps it as is
+    forged = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert len(forged) == 1, forged
+    line = forged[0]
+    assert not any(c in line for c in "\n\r\u2028\x1b"), repr(line)
+    assert r"cell\n2026-11-22 10:00:00 ERROR edge: forged\r\u2028\x1b[31m.bmp" in line
+
+
+def test_stored_name_and_served_type_follow_the_bytes_not_the_name(real, jpeg_bytes, cnmc_cell):
+    """A raw body without a name is stored as `<id>__upload.jpg` and shown as image/jpeg (not
+    downloaded as octet-stream); a BMP sent as `evil.png` is served as image/bmp."""
+    res = real.post("/api/v1/classify", jpeg_bytes).json()
+    assert res["status"] == "ok" and res["name"] == "upload.jpg"
+    stored = real.daemon.journal.files(res["id"])["image"]
+    assert Path(stored).name == f"{res['id']}__upload.jpg"
+    img = real.get(f"/api/v1/results/{res['id']}/image")
+    assert img.status == 200 and img.body == jpeg_bytes
+    assert img.headers["content-type"] == "image/jpeg"
+
+    _, bmp = cnmc_cell
+    for sent, kept in (("evil.png", "evil.png"), ("report.txt", "report.txt.bmp")):
+        res = real.post("/api/v1/classify", bmp, headers={"X-Filename": sent}).json()
+        assert res["name"] == kept
+        img = real.get(f"/api/v1/results/{res['id']}/image")
+        assert img.body == bmp and img.headers["content-type"] == "image/bmp"
+
+    # the originals' raw-body /Inference: same three keys, input stored with its type's suffix
+    r = real.post("/Inference", jpeg_bytes)
+    assert r.status == 200 and set(r.json()) == INFERENCE_KEYS
+    newest = real.get("/api/v1/results?limit=1").json()["results"][0]
+    assert newest["source"] == "inference" and newest["name"] == "upload.jpg"
+    # a non-image keeps its name: quarantined with the reason, nothing renamed or stored
+    e = assert_json_error(real.post("/api/v1/classify", b"not an image"), 415, "not_an_image")
+    assert real.daemon.journal.get(e["id"])["name"] == "upload"
