@@ -56,6 +56,20 @@ def _config_error(exc: ConfigError) -> int:
     return EXIT_CONFIG
 
 
+def _serving_problem(cfg: Config) -> Optional[str]:
+    """The HTTP access rules (e.g. no remote bind without credentials) are configuration too:
+    check-config must catch them, and run must refuse them before it compiles the model."""
+    if not cfg.server.enabled:
+        return None
+    from edge.web.auth import AuthConfigError, load_credentials
+
+    try:
+        load_credentials(cfg.server)
+    except AuthConfigError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_check_config(cfg: Config) -> int:
     from edge.model_meta import ModelMeta, meta_path_for
 
@@ -153,6 +167,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _config_error(exc)
     setup_logging("WARNING" if args.command == "classify" and cfg.agent.log_level == "INFO"
                   else cfg.agent.log_level)
+    if args.command in ("run", "check-config"):
+        problem = _serving_problem(cfg)
+        if problem:
+            return _config_error(ConfigError([problem]))
     if args.command == "check-config":
         return cmd_check_config(cfg)
     if args.command == "classify":

@@ -47,8 +47,8 @@ def _read(file, credential, env, what: str) -> Optional[str]:
     try:
         return resolve_secret(file=file, credential=credential, env=env)
     except OSError as exc:
-        raise AuthConfigError(f"server.auth: cannot read the {what} file {file}: {exc.strerror}") \
-            from None
+        raise AuthConfigError(f"server.auth: cannot read the {what} file {exc.filename or file}: "
+                              f"{exc.strerror}") from None
 
 
 def load_credentials(server: ServerConfig) -> Credentials:

@@ -50,6 +50,20 @@ def test_check_config_missing_model_and_bad_json(tmp_path: Path) -> None:
     assert p.returncode == 2 and "cannot read config file" in p.stderr
 
 
+def test_http_access_rules_are_config_errors_for_check_config_and_run(env: Env) -> None:
+    """Found by check-config, and by run before the model compiles (exit 2, not 1)."""
+    cfg = str(env.write())
+    for args, fragment in ((["--set", "server.host=0.0.0.0"], "is not a loopback address"),
+                           (["--set", "server.auth.username=bob"], "no password was found")):
+        for command in ("check-config", "run"):
+            p = edge(command, "--config", cfg, "--set", "server.enabled=true", *args)
+            assert p.returncode == 2, (command, p.returncode, p.stderr)
+            assert "config error: server" in p.stderr and fragment in p.stderr, p.stderr
+            assert "Traceback" not in p.stderr and "compiled" not in p.stderr
+    p = edge("check-config", "--config", cfg, "--set", "server.host=0.0.0.0", "--set", "server.enabled=false")
+    assert p.returncode == 0, p.stderr
+
+
 def test_check_config_invalid_model_json(tmp_path: Path, model_copy: Path) -> None:
     model_copy.with_suffix(".json").write_text("{\"name\": 1}")
     p = edge("check-config", "--set", f"model.xml={model_copy}")
