@@ -142,6 +142,8 @@ class StorageConfig(Section):
                                      "removed first (one may be up to 512 MB)")
     journal_max_rows: int = Field(2_000_000, ge=1000)
     journal_max_days: int = Field(3650, ge=1)
+    journal_max_mb: float = Field(2048, ge=1, le=1_000_000, description="journal data size; oldest "
+                                  "rows deleted beyond it")
     min_free_mb: int = Field(1024, ge=0, description="stop archiving below this free space")
     thumbnails: bool = True
 

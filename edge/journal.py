@@ -260,13 +260,32 @@ class Journal:
 
     # ------------------------------------------------------------------ retention
 
-    def prune(self, max_rows: int, max_days: float, now: Optional[float] = None,
-              batch: int = 5000) -> int:
-        """Delete the oldest rows beyond `max_rows` or older than `max_days`.
+    def live_bytes(self) -> int:
+        """Bytes the database's data occupies (freed pages are reused before the file grows)."""
+        with self._lock:
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * page
 
-        Rows with an undelivered outbox entry are never deleted. Returns rows deleted.
+    def _rows_for_size(self, max_bytes: int) -> Optional[int]:
+        """How many rows fit in `max_bytes` (aiming 10% under, so pruning is not continual);
+        None when the journal is within it. Rows differ in size (cells mode keeps every cell),
+        hence a budget in bytes beside the one in rows."""
+        used = self.live_bytes()
+        if not max_bytes or used <= max_bytes:
+            return None
+        return int(self.count() * 0.9 * max_bytes / used)
+
+    def prune(self, max_rows: int, max_days: float, now: Optional[float] = None,
+              batch: int = 5000, max_bytes: int = 0) -> int:
+        """Delete the oldest rows beyond `max_rows`, beyond `max_bytes` of data, or older than
+        `max_days`. Rows with an undelivered outbox entry are never deleted. Returns rows deleted.
         """
         cutoff = utc_iso((time.time() if now is None else now) - max_days * 86400)
+        fit = self._rows_for_size(max_bytes)
+        if fit is not None:
+            max_rows = min(max_rows, fit)
         deleted = 0
         keep_pending = (
             "NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = results.id AND o.delivered IS NULL)"

@@ -259,6 +259,7 @@ class Retention:
         summary["quarantine_removed"] = self._limit_quarantine(
             now - max(cfg.archive_max_days, 1) * 86400, int(cfg.quarantine_max_gb * 1024 ** 3))
         summary["rows_removed"] = self.journal.prune(cfg.journal_max_rows, cfg.journal_max_days,
+                                                     max_bytes=int(cfg.journal_max_mb * 1024 ** 2),
                                                      now=now)
         for root in (self.store.archive, self.store.thumbs, self.store.annotated):
             for d in _day_dirs(root):

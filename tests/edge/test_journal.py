@@ -160,3 +160,24 @@ def test_a_long_prune_does_not_block_new_results(tmp_path: Path) -> None:
     finally:
         t.join(60)
     assert j.count() == 1000
+
+
+def test_prune_keeps_the_data_within_its_byte_budget_oldest_first(tmp_path: Path) -> None:
+    """cells-mode rows carry every cell: a row budget alone would not bound the file."""
+    j = Journal(tmp_path, outbox=False)
+    cells = [{"x": i, "y": i, "r": 12, "probability": 0.5, "label": "ALL"} for i in range(150)]
+    for _ in range(600):
+        j.record(result(cells={"found": 150, "list": cells}))
+    first = [r["id"] for r in j._db.execute("SELECT id FROM results ORDER BY id")]
+    before = j.live_bytes()
+    budget = before // 3
+    assert j.prune(max_rows=10**6, max_days=3650, max_bytes=budget) > 0
+    assert j.live_bytes() <= budget
+    left = [r["id"] for r in j._db.execute("SELECT id FROM results ORDER BY id")]
+    assert left == first[-len(left):], "the oldest rows go first"
+    assert j.prune(max_rows=10**6, max_days=3650, max_bytes=budget) == 0   # within it: nothing more
+    for _ in range(600):                                                    # freed pages are reused
+        j.record(result(cells={"found": 150, "list": cells}))
+        j.prune(max_rows=10**6, max_days=3650, max_bytes=budget, batch=100)
+    assert (tmp_path / "journal.sqlite3").stat().st_size <= before * 1.1
+    j.close()
