@@ -140,9 +140,11 @@ def cmd_run(cfg: Config) -> int:
     from edge.daemon import Daemon
     from edge.inference import ModelError
 
+    early_stop: List[int] = []  # SIGTERM or Ctrl-C while the model compiles: stop right after start
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early_stop.append(signum))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before start is moot: the model loads now
     log.info("starting %s (research use only, not a diagnostic device)", cfg.agent.name)
-    early_stop: List[int] = []  # SIGTERM while the model compiles: stop right after start
-    signal.signal(signal.SIGTERM, lambda signum, _frame: early_stop.append(signum))
     try:
         daemon = Daemon(cfg)
     except (ModelError, OSError, sqlite3.Error) as exc:

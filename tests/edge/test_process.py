@@ -169,6 +169,16 @@ def test_ready_only_after_http_is_up(env: Env, daemon_process) -> None:
     assert d.wait(20) == 0
 
 
+def test_hup_and_ctrl_c_while_starting(env: Env, daemon_process) -> None:
+    """Before READY: SIGHUP must not kill it, Ctrl-C stops it cleanly once started."""
+    d = daemon_process(env)
+    wait_until(lambda: "starting" in d.log(), 30, what="the starting line")
+    d.signal(signal.SIGHUP)
+    d.signal(signal.SIGINT)
+    assert d.wait(30) == 0, d.log()
+    assert "Traceback" not in d.log() and "stopped" in d.log()
+
+
 def test_sigterm_mid_batch_finishes_in_flight_and_loses_nothing(env: Env,
                                                                daemon_process) -> None:
     files = cnmc_files()
