@@ -117,7 +117,8 @@ def cmd_classify(cfg: Config, images: Sequence[Path]) -> int:
              "device": clf.device, "latency_ms": None, "analysis": "whole-image", "cells": None,
              "disclaimer": DISCLAIMER}
         try:
-            data = read_claimed(path, max_pixels=cfg.server.max_pixels)
+            # a path typed on the command line may be a link (the inbox's rule is not for it)
+            data = read_claimed(Path(path).resolve(), max_pixels=cfg.server.max_pixels)
             r["sha256"] = hashlib.sha256(data).hexdigest()
             image = imaging.decode(data, max_pixels=cfg.server.max_pixels, target=clf.input_hw)
             pred = clf.predict(image)

@@ -80,6 +80,12 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
+def _no_passphrase() -> bytes:
+    """Without a callback OpenSSL would ask for the passphrase on a terminal (none under systemd)."""
+    raise ValueError("hias.tls.keyfile is encrypted; give an unencrypted key (readable only by "
+                     "the service, e.g. a systemd credential)")
+
+
 class HiasComponent(Component):
     name = "hias"
 
@@ -285,7 +291,8 @@ class HiasComponent(Component):
         if tls.enabled:
             ctx = ssl.create_default_context(cafile=str(tls.ca_file))   # verifies host name
             if tls.certfile is not None:
-                ctx.load_cert_chain(str(tls.certfile), str(tls.keyfile) if tls.keyfile else None)
+                ctx.load_cert_chain(str(tls.certfile), str(tls.keyfile) if tls.keyfile else None,
+                                    password=_no_passphrase)
             client.tls_set_context(ctx)
         client.will_set(self.topics[topics.STATUS], "OFFLINE", qos=QOS, retain=False)
         client.on_connect = self._on_connect

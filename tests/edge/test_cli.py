@@ -81,6 +81,14 @@ def test_classify_prints_one_json_per_line(env: Env, tmp_path: Path) -> None:
     assert not (env.data / "journal.sqlite3").exists(), "classify must not journal"
 
 
+def test_classify_follows_a_link_given_on_the_command_line(env: Env, tmp_path: Path) -> None:
+    link = tmp_path / "latest.bmp"
+    link.symlink_to(cnmc_files()[0])
+    p = edge("classify", "--config", str(env.write()), str(link))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(p.stdout)["name"] == str(link)
+
+
 def test_classify_exit_code_when_any_fails(env: Env, tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(30000, 30000))

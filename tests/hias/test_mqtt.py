@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -181,6 +182,19 @@ def test_client_certificate_when_the_broker_requires_one(make_broker, tmp_path: 
         check = _health(edge)
         assert check.state == "fail" and "closed the connection before the MQTT login" in \
             check.summary and "require a client certificate" in check.summary, check
+    finally:
+        edge.close()
+
+
+def test_encrypted_client_key_is_a_clear_error_not_a_prompt(pki, tmp_path: Path) -> None:
+    encrypted = tmp_path / "client-encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(pki["client_key"]), "-aes256", "-passout", "pass:secret",
+                    "-out", str(encrypted)], check=True, capture_output=True)
+    edge = Edge(make_config(None, tmp_path / "edge", ca=pki["ca"], tls={
+        "certfile": str(pki["client_cert"]), "keyfile": str(encrypted)})).start()
+    try:
+        check = _health(edge)
+        assert check.state == "fail" and "hias.tls.keyfile is encrypted" in check.summary, check
     finally:
         edge.close()
 
