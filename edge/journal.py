@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS results (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_time ON results (time);
+CREATE INDEX IF NOT EXISTS results_quarantined ON results (id) WHERE status = 'quarantined';
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT PRIMARY KEY REFERENCES results (id),
     queued REAL NOT NULL,
@@ -206,19 +207,24 @@ class Journal:
             return {k: None for k in FILE_COLUMNS}
         return {k: (self.data_dir / r[k] if r[k] else None) for k in FILE_COLUMNS}
 
-    def recent(self, limit: int = 50, before_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Newest first; pass the last id of a page as `before_id` for the next page."""
+    def recent(self, limit: int = 50, before_id: Optional[str] = None,
+               status: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Newest first; pass the last id of a page as `before_id` for the next page.
+        `status` ("ok" or "quarantined") filters; quarantined rows have their own index, as
+        they are rare and the status page asks for them on every refresh."""
         limit = max(0, min(int(limit), 1000))
+        where, args = [], []
+        if before_id:
+            where.append("id < ?")
+            args.append(before_id)
+        if status:
+            where.append("status = ?" if status != "quarantined" else "status = 'quarantined'")
+            if status != "quarantined":
+                args.append(status)
+        sql = "SELECT json FROM results" + (" WHERE " + " AND ".join(where) if where else "") + \
+            " ORDER BY id DESC LIMIT ?"
         with self._lock:
-            if before_id:
-                rows = self._db.execute(
-                    "SELECT json FROM results WHERE id < ? ORDER BY id DESC LIMIT ?",
-                    (before_id, limit),
-                ).fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT json FROM results ORDER BY id DESC LIMIT ?", (limit,)
-                ).fetchall()
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [json.loads(r["json"]) for r in rows]
 
     def count(self) -> int:

@@ -46,7 +46,10 @@ def results():
     before = request.args.get("before") or None
     if before is not None and not images.valid_id(before):
         raise ApiError(400, "bad_request", "malformed 'before' id")
-    rows: List[Dict[str, Any]] = current().daemon.journal.recent(limit, before_id=before)
+    status = request.args.get("status") or None
+    if status not in (None, "ok", "quarantined"):
+        raise ApiError(400, "bad_request", "status must be 'ok' or 'quarantined'")
+    rows: List[Dict[str, Any]] = current().daemon.journal.recent(limit, before_id=before, status=status)
     nxt = rows[-1]["id"] if len(rows) == limit else None
     return jsonify({"results": rows, "count": len(rows), "next_before": nxt})
 

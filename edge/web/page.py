@@ -21,6 +21,7 @@ log = logging.getLogger("edge.web")
 bp = Blueprint("page", __name__)
 
 RECENT = 20
+RECENT_QUARANTINED = 10   # its own list: a batch of good images must not push them off the page
 REFRESH_SECONDS = 5
 
 
@@ -61,16 +62,42 @@ def _numbers(d: Any) -> Dict[str, Any]:
         if isinstance(d, Mapping) else {}
 
 
-def counter_rows(ctx: WebContext, status: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
-    """(name, since start, all time): the daemon's counters beside the journal's totals."""
+def counter_rows(ctx: WebContext, status: Mapping[str, Any],
+                 labels: Mapping[str, str]) -> List[Tuple[str, str, Any, Any]]:
+    """(name, shown name, since start, all time): the daemon's counters beside the journal's
+    totals; "positive"/"negative" are shown as the model's labels, uptime is in the header."""
     since, totals = _numbers(status.get("counters")), _numbers(status.get("totals"))
+    since.pop("uptime_s", None)
     if not since and not totals:
         try:
             totals = _numbers(ctx.daemon.journal.counters())
         except Exception as exc:
             log.warning("journal.counters() failed: %s", exc)
     names = list(since) + [k for k in totals if k not in since]
-    return [(k, since.get(k, ""), totals.get(k, "")) for k in names]
+    return [(k, labels.get(k, k.replace("_", " ")), since.get(k, ""), totals.get(k, "")) for k in names]
+
+
+def uptime(status: Mapping[str, Any]) -> str:
+    """`3 d 4 h`, `5 h 12 min`, `42 s`: readable after weeks, unlike raw seconds."""
+    s = status.get("uptime_s", _numbers(status.get("counters")).get("uptime_s"))
+    if not isinstance(s, (int, float)):
+        return "?"
+    s = int(s)
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if d:
+        return f"{d} d {h} h"
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min" if m else f"{s} s"
+
+
+def label_names(ctx: WebContext, status: Mapping[str, Any]) -> Dict[str, str]:
+    """The counters' "positive"/"negative" under the model's own label names."""
+    positive = positive_label(ctx, status)
+    meta = getattr(getattr(ctx.daemon, "classifier", None), "meta", None)
+    others = [lb for lb in getattr(meta, "labels", []) or [] if lb != positive]
+    return {"positive": f"{positive} (positive)",
+            "negative": f"{others[0]} (negative)" if len(others) == 1 else "negative"}
 
 
 def positive_label(ctx: WebContext, status: Mapping[str, Any]) -> str:
@@ -101,18 +128,23 @@ def index():
         log.warning("daemon.status() failed: %s", exc)
         status = {}
     recent: List[Dict[str, Any]] = ctx.daemon.journal.recent(RECENT)
+    quarantined = ctx.daemon.journal.recent(RECENT_QUARANTINED, status="quarantined")
     health = ctx.health()
+    now = datetime.now(timezone.utc)
     return render_template(
         "status.html",
         agent=ctx.daemon.config.agent.name,
         model=model_info(ctx, status),
         health=health,
         overall=overall(health),
-        counters=counter_rows(ctx, status),
+        counters=counter_rows(ctx, status, label_names(ctx, status)),
+        uptime=uptime(status),
         recent=recent,
+        quarantined=quarantined,
         annotated=annotated_ids(ctx, recent),
         positive_label=positive_label(ctx, status),
         disclaimer=DISCLAIMER,
         refresh=REFRESH_SECONDS,
-        now=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+        now=now.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        now_iso=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
