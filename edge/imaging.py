@@ -104,6 +104,9 @@ def _looks_truncated(data: bytes, fmt: str) -> bool:
     if fmt == "PNG":
         # the whole IEND chunk (length 0, type, CRC); bytes after it are not truncation
         return b"\x00\x00\x00\x00IEND\xaeB`\x82" not in data
+    if fmt == "BMP" and len(data) >= 6:
+        # the header's file size (0 from some writers: then there is nothing to go by)
+        return len(data) < int.from_bytes(data[2:6], "little")
     return False
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from edge import imaging
 from edge.imaging import ImageError
+from tests.conftest import CNMC_SAMPLE
 from tests.util import png_header_only
 
 
@@ -106,6 +107,14 @@ def test_png_with_trailing_bytes_decodes_but_a_cut_png_does_not() -> None:
     with pytest.raises(ImageError) as exc:
         imaging.decode(png[: len(png) - 40])
     assert exc.value.reason in ("truncated", "undecodable")
+
+
+def test_cut_bmp_is_truncated_and_trailing_bytes_are_not() -> None:
+    bmp = (CNMC_SAMPLE / "fold_0" / "all" / "UID_11_1_1_all.bmp").read_bytes()  # C-NMC 2019, CC BY 3.0
+    assert imaging.decode(bmp + b"\x00" * 64).shape[2] == 3
+    with pytest.raises(ImageError) as exc:
+        imaging.decode(bmp[: len(bmp) // 2])
+    assert exc.value.reason == "truncated"
 
 
 def test_fit_within_shrinks_never_enlarges() -> None:

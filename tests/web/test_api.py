@@ -256,7 +256,17 @@ def test_results_paging_covers_every_row_once(standin):
     assert seen == list(reversed(ids))
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=abc", "before=..%2Fx"])
+def test_results_filtered_by_status_and_paged(standin):
+    ok = [standin.post("/api/v1/classify", solid_png(v)).json()["id"] for v in range(3)]
+    bad = [standin.post("/api/v1/classify", b"").json()["id"] for _ in range(3)]
+    page = standin.get("/api/v1/results?status=quarantined&limit=2").json()
+    assert [r["id"] for r in page["results"]] == bad[:0:-1]
+    rest = standin.get(f"/api/v1/results?status=quarantined&before={page['next_before']}").json()
+    assert [r["id"] for r in rest["results"]] == bad[:1]
+    assert [r["id"] for r in standin.get("/api/v1/results?status=ok").json()["results"]] == ok[::-1]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=abc", "before=..%2Fx", "status=done"])
 def test_results_bad_query_is_400(standin, query):
     assert_json_error(standin.get(f"/api/v1/results?{query}"), 400, "bad_request")
 
