@@ -116,15 +116,20 @@ def test_password_from_credential_or_environment(
         edge.close()
 
 
-def test_wrong_ca_is_a_tls_failure(broker, tmp_path: Path) -> None:
-    edge = Edge(make_config(broker, tmp_path / "edge", ca=broker.pki["other_ca"])).start()
+def _check_after_failing(cfg):
+    """The `hias` health check once the client has failed to connect."""
+    edge = Edge(cfg).start()
     try:
         assert edge.wait_state("error")
-        check = _health(edge)
-        assert check.state == "fail" and check.summary.startswith("TLS: certificate of")
-        assert "not trusted" in check.summary and "hias.tls.ca_file" in check.summary
+        return _health(edge)
     finally:
         edge.close()
+
+
+def test_wrong_ca_is_a_tls_failure(broker, tmp_path: Path) -> None:
+    check = _check_after_failing(make_config(broker, tmp_path / "edge", ca=broker.pki["other_ca"]))
+    assert check.state == "fail" and check.summary.startswith("TLS: certificate of")
+    assert "not trusted" in check.summary and "hias.tls.ca_file" in check.summary
 
 
 def test_unreadable_password_file_and_bad_ca_file_do_not_raise(broker, tmp_path: Path) -> None:
@@ -156,14 +161,9 @@ def test_password_file_not_utf8_is_a_readable_failure(broker, tmp_path: Path) ->
 def test_host_name_not_in_the_certificate_is_a_tls_failure(make_broker, tmp_path: Path) -> None:
     broker = make_broker(wrong_name=True)   # certificate for hias.example.org, not localhost
     broker.start()
-    edge = Edge(make_config(broker, tmp_path / "edge")).start()
-    try:
-        assert edge.wait_state("error")
-        check = _health(edge)
-        assert check.state == "fail" and check.summary.startswith("TLS: certificate of localhost")
-        assert "mismatch" in check.summary and "host name" in check.summary
-    finally:
-        edge.close()
+    check = _check_after_failing(make_config(broker, tmp_path / "edge"))
+    assert check.state == "fail" and check.summary.startswith("TLS: certificate of localhost")
+    assert "mismatch" in check.summary and "host name" in check.summary
 
 
 def test_client_certificate_when_the_broker_requires_one(make_broker, tmp_path: Path) -> None:
