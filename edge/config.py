@@ -72,10 +72,19 @@ class CameraSourceConfig(Section):
     height: int = Field(1944, ge=64, le=8192)
     interval_seconds: float = Field(0, ge=0, le=86400, description="0 = no timed capture")
     on_change: bool = False
-    change_threshold: float = Field(0.08, gt=0, le=1, description="mean abs difference, 0..1")
+    change_threshold: float = Field(0.1, gt=0, le=1, description="structure difference, 0..1")
     exposure_us: Optional[int] = Field(None, ge=1, le=10_000_000)
     awb: Optional[str] = Field(None, description="auto-white-balance mode, backend specific")
     analysis: AnalysisMode = "cells"
+
+    @field_validator("device")
+    @classmethod
+    def _index(cls, v: Union[int, str]) -> Union[int, str]:
+        """A digit string (`--set sources.camera.device=1`, or "1" in JSON) is camera 1, not a
+        file named 1: `auto` and OpenCV choose by type."""
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v.strip())
+        return v
 
 
 class SourcesConfig(Section):
@@ -90,6 +99,13 @@ class AnalysisConfig(Section):
     max_cell_diameter_px: int = Field(400, ge=8, le=4000)
     crop_margin: float = Field(0.25, ge=0, le=2, description="extra context around a cell")
     max_cells: int = Field(500, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _size_order(self) -> AnalysisConfig:
+        if self.min_cell_diameter_px >= self.max_cell_diameter_px:
+            raise ValueError(f"min_cell_diameter_px ({self.min_cell_diameter_px}) must be below "
+                             f"max_cell_diameter_px ({self.max_cell_diameter_px})")
+        return self
 
 
 class AuthConfig(Section):
@@ -311,8 +327,6 @@ def _check_files(cfg: Config) -> List[str]:
         need(cfg.hias.password_file, "hias.password_file", "a file holding the MQTT password")
     if (cfg.hias.tls.certfile is None) != (cfg.hias.tls.keyfile is None):
         problems.append("hias.tls: certfile and keyfile must be given together")
-    if cfg.analysis.min_cell_diameter_px >= cfg.analysis.max_cell_diameter_px:
-        problems.append("analysis: min_cell_diameter_px must be below max_cell_diameter_px")
     return problems
 
 

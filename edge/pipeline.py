@@ -391,10 +391,11 @@ class Pipeline:
                         files["annotated"] = self.store.rel(ap)
             except (OSError, cv2.error) as exc:
                 log.warning("%s: preview not written: %s", job.id, exc)
-        # Quarantined in-memory inputs (uploads) are journaled but not stored: the caller
-        # already has the bytes and the reason, and nobody can fill quarantine/ over HTTP.
-        target = None if job.path is None and result["status"] != "ok" else \
-            self.store.target_for(result, job.stored)
+        # Quarantined uploads are journaled but not stored: the caller already has the bytes
+        # and the reason, and nobody can fill quarantine/ over HTTP. A camera keeps nothing,
+        # so its quarantined captures are stored like folder inputs.
+        keep = job.path is not None or job.source == "camera" or result["status"] == "ok"
+        target = self.store.target_for(result, job.stored) if keep else None
         if target is not None and result["status"] == "ok":
             files["image"] = self.store.rel(target)
         return target, files

@@ -31,7 +31,10 @@ SPLIT_CORE_FRACTION = 0.7  # seeds: distance >= this fraction of the blob maximu
 MIN_SOLIDITY = 0.6  # area / convex hull area; stain smears and debris are ragged
 MAX_ASPECT = 3.5  # long / short side of the rotated box
 LOCAL_FRACTION = 0.5  # within a blob, nucleus pixels stain at least half its 90th percentile
-RELATIVE_STAIN = 0.65  # drop blobs stained weaker than this fraction of the strongest nucleus
+RELATIVE_STAIN = 0.65  # a fragment joins a nucleus only if stained at least this fraction of it
+BACKGROUND_CONTRAST = 1.5  # a nucleus stains at least this many times the field's non-nucleus stain
+BACKGROUND_PERCENTILE = 99  # non-nucleus stain level: what red cells and cytoplasm reach
+HALO_PX = 4  # working-copy px around the nucleus mask (blurred nucleus edges) left out of it
 CELL_REGION_FRACTION = 0.5  # cytoplasm and bridges: stain >= this fraction of the nucleus threshold
 FRAGMENT_GAP = 1.0  # a fragment lies within this many host-nucleus radii of the host's edge
 
@@ -246,6 +249,21 @@ def _host(fragment: _Blob, nuclei: List[_Nucleus]) -> Optional[_Nucleus]:
     return best
 
 
+def background_stain(stain: np.ndarray, mask: np.ndarray) -> float:
+    """The stain that red cells, cytoplasm and background reach in this field (a high
+    percentile outside the nucleus mask and its blurred edge); 0 when nothing is outside.
+
+    Overlapping red cells pass the nucleus threshold on weakly stained smears; they stain like
+    red cells, not like nuclei. Comparing each blob with this level, rather than with the
+    strongest nucleus, means one dark blob (stain debris, a dark lymphocyte) cannot make every
+    other nucleus look weak.
+    """
+    size = 2 * HALO_PX + 1
+    near = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    outside = stain[near == 0]
+    return float(np.percentile(outside, BACKGROUND_PERCENTILE)) if outside.size else 0.0
+
+
 def _cell(n: _Nucleus, scale: float) -> Cell:
     """Centre and size of the nucleus; the box also covers the cell's merged fragments."""
     m = cv2.moments(n.contour)
@@ -290,7 +308,7 @@ def detect_cells(image_bgr: np.ndarray, cfg: AnalysisConfig) -> List[Cell]:
             nuclei.extend(_nuclei(f, padded, min_d, max_d))  # a small cell of its own
         else:
             host.fragments.append(f.contour)
-    strongest = max((n.strength for n in nuclei), default=0.0)
-    cells = [_cell(n, scale) for n in nuclei if n.strength >= RELATIVE_STAIN * strongest]
+    floor = BACKGROUND_CONTRAST * background_stain(stain, mask)
+    cells = [_cell(n, scale) for n in nuclei if n.strength >= floor]
     cells.sort(key=lambda c: (c.box[1], c.box[0]))
     return cells

@@ -2,7 +2,8 @@
 
 The field is positive when any analysed cell is at or above the classifier's threshold; its
 probability is the highest cell probability, so `positive == (probability >= threshold)`
-holds for fields as it does for single images.
+holds for fields as it does for single images. `found` counts the analysed cells; `skipped`
+those beyond `analysis.max_cells`.
 """
 
 from __future__ import annotations
@@ -44,19 +45,21 @@ def analyze_field(image_bgr: np.ndarray, classifier: Any, cfg: AnalysisConfig) -
         cells = cells[: cfg.max_cells]
     positive = classifier.meta.positive_label
     items: List[Dict[str, Any]] = []
+    highest = 0.0
     for cell in cells:
         p = float(classifier.predict(square_crop(image_bgr, cell.box, cfg.crop_margin)).probability)
+        highest = max(highest, p)
         items.append({"box": [int(v) for v in cell.box], "label": classifier.label_for(p),
                       "probability": round(p, 6)})
     blasts = sum(1 for it in items if it["label"] == positive)
     summary: Dict[str, Any] = {
         "found": len(items), "blasts": blasts, "blast_fraction": round(blasts / len(items), 4),
-        "items": items,
+        "skipped": skipped, "items": items,
     }
-    if skipped:
-        summary["skipped"] = skipped
     return {
-        "probability": max(it["probability"] for it in items),
+        # unrounded, like each cell's label: a cell just under the threshold must not make
+        # the field positive through rounding (blasts 0, label ALL)
+        "probability": highest,
         "cells": summary,
         "annotated": annotate(image_bgr, items, positive),
         "latency_ms": (time.perf_counter() - t0) * 1000,

@@ -77,6 +77,8 @@ def classification(result: Mapping[str, Any], model_name: str) -> Dict[str, Any]
     if isinstance(cells, Mapping):
         # Counts only: per-cell boxes stay in the journal and the HTTP API (message size).
         body["cells"] = {k: cells.get(k) for k in ("found", "blasts", "blast_fraction")}
+        if "skipped" in cells:  # cells beyond analysis.max_cells: `found` leaves them out
+            body["cells"]["skipped"] = cells["skipped"]
     return {**head, **body}
 
 

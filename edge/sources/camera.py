@@ -1,8 +1,8 @@
 """Camera source: captures microscope fields and submits them like any other input.
 
 Backends: `picamera2` (Raspberry Pi camera via libcamera; imported only when chosen), `opencv`
-(USB/UVC cameras by index or /dev/videoN, video files, stream URLs) and `auto` (picamera2 when
-importable, else opencv). Triggers: every `interval_seconds`, on request (`request_capture`,
+(USB/UVC cameras by index or /dev/videoN, video files, stream URLs) and `auto` (picamera2 for
+a camera number when importable, else opencv). Triggers: every `interval_seconds`, on request (`request_capture`,
 used by the HTTP API and the MQTT command), and with `on_change` only when the field changed.
 
 A camera that is unplugged, busy or returns empty frames never stops the daemon: the error is
@@ -34,6 +34,10 @@ JPEG_QUALITY = 95
 FAIL_AFTER = 3  # consecutive failures before health says "fail" (503) instead of "warn"
 DARK_MAX = 12  # a frame whose brightest pixel is below this is a dark frame (lamp off, cap on)
 SIGNATURE_SIZE = (64, 48)  # change detection compares frames this small
+# Below this grey-level std (0..1) a thumbnail counts as blank: its sensor noise is not
+# stretched into structure, so a blank slide does not look like a new field every poll.
+MIN_CONTRAST = 0.02
+READ_LIMIT = 10.0  # s; a read running longer than this is reported as stuck
 # libcamera's AwbModeEnum values (control_ids.yaml), so libcamera need not be imported here.
 AWB_MODES = {"auto": 0, "incandescent": 1, "tungsten": 2, "fluorescent": 3, "indoor": 4,
              "daylight": 5, "cloudy": 6, "custom": 7}
@@ -101,9 +105,7 @@ class OpenCVBackend(Backend):
         self.cfg = cfg
         self._factory = capture_factory
         self._cap: Any = None
-        dev: Union[int, str] = cfg.device
-        if isinstance(dev, str) and dev.strip().isdigit():
-            dev = int(dev.strip())
+        dev: Union[int, str] = cfg.device  # digit strings are ints already (config validator)
         self.source: Union[int, str] = dev
         self.is_url = isinstance(dev, str) and "://" in dev
         self.path: Optional[str] = None  # something on disk that must exist
@@ -206,16 +208,14 @@ class Picamera2Backend(Backend):
                 raise CameraError("unavailable", f"picamera2 cannot be imported ({exc}); on a Pi "
                                   "install python3-picamera2 and use a --system-site-packages "
                                   "venv") from None
-        num = self.cfg.device if isinstance(self.cfg.device, int) else 0
+        num = self.cfg.device
+        if not isinstance(num, int):
+            raise CameraError("misconfigured", f"sources.camera.device {num!r} is not a camera "
+                              "number; picamera2 needs 0, 1, ... (paths and URLs are OpenCV's)")
         try:
             cam = self._module.Picamera2(num)
-        except IndexError:
-            raise CameraError("unplugged", f"libcamera detects no camera {num} "
-                              "(ribbon cable, camera_auto_detect)") from None
-        except RuntimeError as exc:
-            text = _first_line(exc)
-            reason = "busy" if "busy" in text.lower() or "acquire" in text.lower() else "unavailable"
-            raise CameraError(reason, f"camera {num}: {text}") from None
+        except Exception as exc:
+            raise open_error(num, exc) from None
         try:
             cfg = cam.create_still_configuration(
                 main={"size": (self.cfg.width, self.cfg.height), "format": "RGB888"})
@@ -252,11 +252,37 @@ class Picamera2Backend(Backend):
                 log.debug("camera close: %s", _first_line(exc))
 
 
+def _chain(exc: BaseException) -> List[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first."""
+    out: List[BaseException] = []
+    cur: Optional[BaseException] = exc
+    while cur is not None and cur not in out:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def open_error(num: int, exc: BaseException) -> CameraError:
+    """Classify a failed `Picamera2(num)`. The real library wraps every failure in
+    RuntimeError("Camera __init__ sequence did not complete."); the cause (no camera, camera
+    held by another process) is in the exception it was raised while handling."""
+    chain = _chain(exc)
+    cause = _first_line(chain[-1])
+    text = " ".join(_first_line(e).lower() for e in chain)
+    if any(isinstance(e, IndexError) for e in chain) or "not found" in text:
+        return CameraError("unplugged", f"libcamera detects no camera {num} (ribbon cable, "
+                           f"camera_auto_detect): {cause}")
+    if "busy" in text or "acquire" in text:
+        return CameraError("busy", f"camera {num}: {cause}")
+    return CameraError("unavailable", f"camera {num}: {cause}")
+
+
 def make_backend(cfg: CameraSourceConfig) -> Backend:
-    """The configured backend; `auto` prefers picamera2 when it can be imported."""
+    """The configured backend. `auto` takes picamera2 only for a camera number and only when
+    it can be imported: a device path, file or URL is always OpenCV's."""
     if cfg.backend == "picamera2":
         return Picamera2Backend(cfg)
-    if cfg.backend == "auto":
+    if cfg.backend == "auto" and isinstance(cfg.device, int):
         try:
             module = importlib.import_module("picamera2")
         except ImportError:
@@ -269,16 +295,24 @@ def make_backend(cfg: CameraSourceConfig) -> Backend:
 
 
 def signature(frame: np.ndarray) -> np.ndarray:
-    """A tiny grey thumbnail (0..1) for change detection: ignores noise, sees stage moves."""
+    """A tiny grey thumbnail for change detection, normalised to zero mean and unit std.
+
+    Two fields in the same stain have nearly the same brightness, and a lamp that flickers
+    changes only brightness: normalising leaves the layout of cells, which is what a stage
+    move changes. Blank frames (std < MIN_CONTRAST) are not stretched.
+    """
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    return cv2.resize(grey, SIGNATURE_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    small = cv2.resize(grey, SIGNATURE_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    return (small - small.mean()) / max(float(small.std()), MIN_CONTRAST)
 
 
 def difference(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> float:
-    """Mean absolute difference of two signatures (1.0 when there is nothing to compare)."""
+    """Half the mean absolute difference of two signatures, at most 1 (1 when there is nothing
+    to compare): about 0.02-0.03 for one field under noise or a 10-20 % brightness change,
+    about 0.25 for another field or the same one moved by a quarter of the view."""
     if a is None or b is None:
         return 1.0
-    return float(np.mean(np.abs(a - b)))
+    return min(1.0, float(np.mean(np.abs(a - b))) / 2)
 
 
 def capture_name(t: float) -> str:
@@ -299,13 +333,16 @@ class CameraSource(Component):
 
     def __init__(self, daemon: Any, backend: Optional[Backend] = None, *,
                  backoff_min: float = 1.0, backoff_max: float = 60.0,
-                 change_poll_seconds: float = 1.0, submit_timeout: float = 60.0) -> None:
+                 change_poll_seconds: float = 1.0, submit_timeout: float = 60.0,
+                 read_limit: float = READ_LIMIT) -> None:
         self.daemon = daemon
         self.cfg: CameraSourceConfig = daemon.config.sources.camera
         self.backend = backend or make_backend(self.cfg)
         self.backoff_min, self.backoff_max = backoff_min, backoff_max
         self.change_poll_seconds = change_poll_seconds
         self.submit_timeout = submit_timeout
+        self.read_limit = read_limit
+        self._read_started: Optional[float] = None  # monotonic start of the read under way
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -379,6 +416,7 @@ class CameraSource(Component):
                 except Exception as exc:  # a bug must not kill the source silently
                     log.error("camera loop error: %s: %s", type(exc).__name__, _first_line(exc))
                     self._fail(CameraError("internal_error", _first_line(exc)))
+                    self._close()  # reopen after the backoff, not read the same handle again
                 self._wake.wait(self._sleep_time())
                 self._wake.clear()
         finally:
@@ -387,7 +425,7 @@ class CameraSource(Component):
     def _sleep_time(self) -> float:
         now = time.monotonic()
         due = [0.5]
-        if not self._open and self._wants_frames():
+        if self._retrying():
             due.append(self._next_open - now)
         if self._next_timed is not None:
             due.append(self._next_timed - now)
@@ -398,17 +436,26 @@ class CameraSource(Component):
     def _wants_frames(self) -> bool:
         return self.cfg.interval_seconds > 0 or self.cfg.on_change
 
+    def _retrying(self) -> bool:
+        """Reopen on the backoff when captures are scheduled, and also after a failure when
+        they are not (on request only): else health would show the failure, with a retry
+        time that never comes, until the next request."""
+        return not self._open and (self._wants_frames() or self.consecutive_failures > 0)
+
     def _step(self) -> None:
         now = time.monotonic()
         with self._lock:
             requests, self._requests = self._requests, []
         if requests:
-            ok = self._ensure_open(force=True) and self._capture(force=True)
-            for req in requests:
-                req.ok = ok
-                req.done.set()
+            ok = False
+            try:  # an unexpected error still answers the requests (_run reports it)
+                ok = self._ensure_open(force=True) and self._capture(force=True)
+            finally:
+                for req in requests:
+                    req.ok = ok
+                    req.done.set()
             return
-        if not self._open and self._wants_frames() and now >= self._next_open:
+        if self._retrying() and now >= self._next_open:
             self._reopen()
         timed = self._next_timed is not None and now >= self._next_timed
         polled = self.cfg.on_change and self.cfg.interval_seconds == 0 and now >= self._next_poll
@@ -428,7 +475,7 @@ class CameraSource(Component):
         if not self._ensure_open(force=False):
             return
         try:
-            to_bgr(self.backend.read())
+            self._read()
         except CameraError as exc:
             self._fail(exc)
             self._close()
@@ -452,7 +499,7 @@ class CameraSource(Component):
     def _capture(self, force: bool) -> bool:
         """Read a frame and submit it unless it is dark or (on_change) unchanged."""
         try:
-            frame = self.backend.read()
+            frame = self._read()
         except CameraError as exc:
             self._fail(exc)
             self._close()
@@ -479,6 +526,14 @@ class CameraSource(Component):
                 return False
         self._recovered()
         return self._submit(frame, sig)
+
+    def _read(self) -> np.ndarray:
+        """backend.read(), timed so that health() can report a read that never returns."""
+        self._read_started = time.monotonic()
+        try:
+            return to_bgr(self.backend.read())
+        finally:
+            self._read_started = None
 
     def _submit(self, frame: np.ndarray, sig: np.ndarray) -> bool:
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -554,6 +609,12 @@ class CameraSource(Component):
                   "last_error": self.last_error}
         if self._thread is None or not self._thread.is_alive():
             return [HealthCheck("camera", "fail", "camera source is not running", detail)]
+        started = self._read_started
+        reading = 0.0 if started is None else time.monotonic() - started
+        if reading > self.read_limit:
+            detail["read_running_s"] = round(reading, 1)
+            return [HealthCheck("camera", "fail", f"camera read stuck for {reading:.0f} s "
+                                f"({self.backend.name} {self._describe()})", detail)]
         err = self.last_error
         if err is None:
             state = "open" if self._open else "idle (opens on the next capture)"

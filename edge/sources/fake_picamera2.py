@@ -3,8 +3,11 @@
 THIS IS NOT THE CAMERA. It mirrors only the Picamera2 calls that `edge.sources.camera` makes
 (`Picamera2()`, `create_still_configuration`, `create_preview_configuration`, `configure`,
 `start`, `capture_array`, `set_controls`, `stop`, `close`) and the failures the real library
-is documented to raise (no camera: `IndexError` from `Picamera2()`; camera held by another
-process: `RuntimeError("Failed to acquire camera: Device or resource busy")`). A test passing
+raises. Like the real `Picamera2.__init__`, every open failure surfaces as
+`RuntimeError("Camera __init__ sequence did not complete.")`, raised while handling the cause:
+no camera at all, `RuntimeError("Camera(s) not found ...")`; no camera with that number,
+`IndexError`; camera held by another process, `RuntimeError("Failed to acquire camera: Device
+or resource busy")`. A test passing
 against this fake proves our calling code and error handling, never that a real camera,
 libcamera or the Pi's ISP work. Install it with `sys.modules["picamera2"] = fake_picamera2`.
 
@@ -61,9 +64,18 @@ class Picamera2:
     """FAKE of `picamera2.Picamera2` (subset)."""
 
     def __init__(self, camera_num: int = 0) -> None:
+        try:
+            self._open(camera_num)
+        except Exception:  # the real class does this, so the cause is only in __context__
+            raise RuntimeError("Camera __init__ sequence did not complete.")  # noqa: B904
+
+    def _open(self, camera_num: int) -> None:
         with world.lock:
+            if world.cameras == 0:
+                raise RuntimeError("Camera(s) not found (Do not forget to disable legacy camera "
+                                   "with raspi-config).")
             if camera_num >= world.cameras:
-                raise IndexError("list index out of range")  # what picamera2 raises, verbatim
+                raise IndexError("list index out of range")  # camera_manager.cameras[idx]
             if world.busy or any(c._num == camera_num for c in world.open_cameras):
                 raise RuntimeError("Failed to acquire camera: Device or resource busy")
             self._num = camera_num

@@ -15,13 +15,17 @@ from edge.config import CameraSourceConfig, Config
 from edge.pipeline import Busy
 from edge.sources import fake_picamera2
 from edge.sources.camera import (
+    CameraError,
     CameraSource,
     OpenCVBackend,
     Picamera2Backend,
     capture_name,
+    difference,
     make_backend,
+    open_error,
+    signature,
 )
-from tests.camera.util import RecordingDaemon, solid, write_video
+from tests.camera.util import RecordingDaemon, looks_like, solid, stage_views, write_video
 from tests.util import wait_until
 
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2, "change_poll_seconds": 0.05}
@@ -103,7 +107,8 @@ def test_timed_captures_of_generated_frames(tmp_path: Path) -> None:
 
 
 def test_on_change_classifies_a_field_once(tmp_path: Path) -> None:
-    frames = [solid(COLOURS[0])] * 3 + [solid(COLOURS[1])] * 7  # stage moved once
+    views = stage_views()
+    frames = [views["A"]] * 3 + [views["B"]] * 7  # stage moved once
     video = write_video(tmp_path / "moves.avi", frames)
     daemon = RecordingDaemon(config(backend="opencv", device=str(video), interval_seconds=0.02,
                                     on_change=True))
@@ -114,13 +119,14 @@ def test_on_change_classifies_a_field_once(tmp_path: Path) -> None:
         src.stop()
     st = src.status()
     assert daemon.count() == 2, st  # field A once, field B once
-    assert close_to(daemon.submitted[0]["image"], COLOURS[0])
-    assert close_to(daemon.submitted[1]["image"], COLOURS[1])
+    assert looks_like(daemon.submitted[0]["image"], views["A"])
+    assert looks_like(daemon.submitted[1]["image"], views["B"])
     assert st["unchanged"] >= 4
 
 
 def test_on_change_polling_waits_for_the_stage_to_settle(tmp_path: Path) -> None:
-    frames = [solid(COLOURS[0])] * 4 + [solid(COLOURS[1])] * 6
+    views = stage_views()
+    frames = [views["A"]] * 4 + [views["B"]] * 6
     video = write_video(tmp_path / "poll.avi", frames)
     daemon = RecordingDaemon(config(backend="opencv", device=str(video), on_change=True))
     src = running(daemon)  # interval 0 + on_change: polls every change_poll_seconds
@@ -128,8 +134,56 @@ def test_on_change_polling_waits_for_the_stage_to_settle(tmp_path: Path) -> None
         wait_until(lambda: daemon.count() >= 2, 10, "both fields")
     finally:
         src.stop()
-    assert close_to(daemon.submitted[0]["image"], COLOURS[0])
-    assert close_to(daemon.submitted[1]["image"], COLOURS[1])
+    assert looks_like(daemon.submitted[0]["image"], views["A"])
+    assert looks_like(daemon.submitted[1]["image"], views["B"])
+
+
+class PlaylistBackend:
+    """A TEST DOUBLE camera that shows the given frames once each, then holds the last one
+    (a real video would loop back to the first)."""
+
+    name = "playlist"
+
+    def __init__(self, frames: List[np.ndarray]) -> None:
+        self.frames = list(frames)
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray:
+        return self.frames.pop(0) if len(self.frames) > 1 else self.frames[0]
+
+    def close(self) -> None:
+        pass
+
+
+def test_on_change_sees_stage_moves_not_lamp_flicker(tmp_path: Path) -> None:
+    """Two fields in one stain differ by ~0.03 in grey level and a 10 % brighter lamp by ~0.06:
+    the old measure (threshold 0.08 on raw thumbnails) missed moves. Frames come from a real
+    MJPG video of SYNTHETIC fields."""
+    views = stage_views()
+    order = ["A", "A", "A_flicker", "B", "B", "A_moved"]
+    video = write_video(tmp_path / "stage.avi", [views[n] for n in order])
+    reader = OpenCVBackend(CameraSourceConfig(backend="opencv", device=str(video)))
+    reader.open()
+    frames = [reader.read() for _ in order]
+    reader.close()
+    sig = {n: signature(f) for n, f in zip(order, frames)}
+    limit = CameraSourceConfig().change_threshold
+    assert difference(sig["A"], sig["A_flicker"]) < limit / 2  # the "settled" test too
+    for moved in ("B", "A_moved"):
+        assert difference(sig["A"], sig[moved]) > 2 * limit, moved
+
+    daemon = RecordingDaemon(config(backend="opencv", interval_seconds=0.02, on_change=True))
+    src = running(daemon, PlaylistBackend(frames))  # the first frame is the start-up probe
+    try:
+        wait_until(lambda: src.status()["captures"] >= len(frames) + 2, 10, "all frames")
+    finally:
+        src.stop()
+    got = [s["image"] for s in daemon.submitted]
+    assert len(got) == 3, src.status()  # A, B, A moved; not A under a flickering lamp
+    for img, name in zip(got, ("A", "B", "A_moved")):
+        assert looks_like(img, views[name]), name
 
 
 def test_unplug_and_replug_a_video_file(tmp_path: Path) -> None:
@@ -281,6 +335,15 @@ def test_capture_names_are_utc_and_sortable() -> None:
 def test_backend_choice(fake_world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(make_backend(CameraSourceConfig(backend="auto")), Picamera2Backend)
     assert isinstance(make_backend(CameraSourceConfig(backend="opencv")), OpenCVBackend)
+    # a path, file or URL is OpenCV's even where picamera2 is importable
+    for device in ("/dev/video2", "/srv/stage.avi", "rtsp://10.0.0.5/stream"):
+        assert isinstance(make_backend(CameraSourceConfig(device=device)), OpenCVBackend), device
+    one = CameraSourceConfig(device="1")  # e.g. --set sources.camera.device=1 quoted in JSON
+    assert one.device == 1 and isinstance(make_backend(one), Picamera2Backend)
+    assert OpenCVBackend(CameraSourceConfig(backend="opencv", device=" 2")).source == 2
+    with pytest.raises(CameraError) as wrong:
+        Picamera2Backend(CameraSourceConfig(backend="picamera2", device="/dev/video0")).open()
+    assert wrong.value.reason == "misconfigured" and fake_world.open_cameras == []
     monkeypatch.setitem(sys.modules, "picamera2", None)  # not importable (any non-Pi machine)
     assert isinstance(make_backend(CameraSourceConfig(backend="auto")), OpenCVBackend)
     chosen = make_backend(CameraSourceConfig(backend="picamera2"))  # import deferred to open()
@@ -353,6 +416,30 @@ def test_picamera2_empty_frames_and_capture_errors(fake_world: Any) -> None:
     assert len(fake_world.open_cameras) == 0  # every failed camera was closed, none leaked
 
 
+def test_picamera2_open_errors_are_classified_by_their_cause(fake_world: Any) -> None:
+    """The real Picamera2() raises RuntimeError("Camera __init__ sequence did not complete.")
+    for every failure; the cause is its __context__. The fake does the same."""
+    fake_world.busy = True
+    with pytest.raises(RuntimeError, match="__init__ sequence did not complete") as err:
+        fake_picamera2.Picamera2(0)
+    assert "Device or resource busy" in str(err.value.__context__)
+    fake_world.busy = False
+    for cameras, num in ((0, 0), (1, 1)):  # none at all; not that number
+        fake_world.cameras = cameras
+        with pytest.raises(CameraError) as unplugged:
+            Picamera2Backend(CameraSourceConfig(backend="picamera2", device=num)).open()
+        assert unplugged.value.reason == "unplugged", unplugged.value.message
+    try:
+        try:
+            raise OSError("Failed to open /dev/media3: Permission denied")
+        except OSError:
+            raise RuntimeError("Camera __init__ sequence did not complete.")  # noqa: B904
+    except RuntimeError as exc:
+        other = open_error(0, exc)
+    assert other.reason == "unavailable" and "Permission denied" in other.message
+    assert "__init__" not in other.message  # the cause is shown, not the wrapper
+
+
 def test_picamera2_bad_awb_is_a_clear_error(fake_world: Any) -> None:
     backend = Picamera2Backend(CameraSourceConfig(backend="picamera2", awb="sunset"))
     with pytest.raises(Exception) as err:
@@ -414,3 +501,73 @@ def test_stop_never_closes_the_camera_under_a_hung_read(tmp_path: Path) -> None:
     closes = [e for e in backend.events if e[0] == "close"]
     assert closes == [("close", "camera")]
     assert backend.events.index(("read-returned", "camera")) < backend.events.index(("close", "camera"))
+
+
+def test_stuck_read_is_reported_by_health() -> None:
+    backend = HangingBackend()
+    daemon = RecordingDaemon(config(backend="opencv", interval_seconds=60))
+    src = CameraSource(daemon, backend, read_limit=0.2, **FAST)  # type: ignore[arg-type]
+    src.start()
+    try:
+        assert backend.reading.wait(10)
+        check = wait_until(lambda: next((c for c in src.health() if c.state == "fail"), None),
+                           10, "the hung read to be reported")
+        assert check.summary.startswith("camera read stuck for ") and "hanging" in check.summary
+        backend.release.set()
+        wait_until(lambda: src.health()[0].state == "ok" and daemon.count() == 1, 10, "recovery")
+    finally:
+        backend.release.set()
+        src.stop()
+
+
+class BrokenReadBackend:
+    """A TEST DOUBLE whose read() fails with something other than CameraError (a driver bug)."""
+
+    name = "broken"
+
+    def __init__(self) -> None:
+        self.events: List[str] = []
+
+    def open(self) -> None:
+        self.events.append("open")
+
+    def read(self) -> np.ndarray:
+        self.events.append("read")
+        raise OSError("USB transfer failed")
+
+    def close(self) -> None:
+        self.events.append("close")
+
+
+def test_unexpected_read_errors_close_and_back_off() -> None:
+    backend = BrokenReadBackend()
+    daemon = RecordingDaemon(config(backend="opencv", interval_seconds=0.01))
+    src = running(daemon, backend)  # type: ignore[arg-type]
+    try:
+        assert src.request_capture(wait=10) is False  # answered, not left to time out
+        wait_until(lambda: src.status()["failures"] >= 3, 10, "three failures")
+        assert src.last_error is not None and src.last_error["reason"] == "internal_error"
+    finally:
+        src.stop()
+    # every read is of a freshly opened camera: it was closed and reopened after each failure
+    ev = backend.events
+    assert ev.count("read") <= ev.count("open") <= ev.count("read") + 1, ev
+    assert ev.count("close") >= ev.count("read"), ev
+
+
+def test_request_only_source_retries_a_failed_camera(tmp_path: Path) -> None:
+    """No interval, no on_change: a failed camera used to stay failed ("retry in 0 s") until
+    the next request. It is retried on the backoff now, and recovers without a request."""
+    video = tmp_path / "later.avi"
+    daemon = RecordingDaemon(config(backend="opencv", device=str(video)))
+    src = running(daemon)
+    try:
+        assert src.request_capture(wait=5) is False  # not there yet
+        wait_until(lambda: src.status()["failures"] >= 3, 10, "retries without requests")
+        assert "retry in" in src.health()[0].summary
+        os.rename(write_video(tmp_path / "staging.avi", [solid(COLOURS[0])]), video)  # plug in
+        wait_until(lambda: src.health()[0].state == "ok" and src.status()["open"], 10,
+                   "recovery without a request")
+    finally:
+        src.stop()
+    assert daemon.count() == 0  # retries probe the camera; only requests are classified

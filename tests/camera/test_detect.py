@@ -94,6 +94,33 @@ DARK = (130, 40, 70)  # BGR: stained more strongly than the main nucleus
 PINK = (170, 150, 200)  # BGR: a red-cell-like body, weakly stained
 
 
+def _free_spots(centres: List[Tuple[float, float]], count: int, size: Tuple[int, int],
+                seed: int) -> List[Tuple[int, int]]:
+    """`count` points at least 300 px from every cell and from each other."""
+    rng = np.random.default_rng(seed)
+    spots: List[Tuple[int, int]] = []
+    while len(spots) < count:
+        p = (int(rng.integers(150, size[0] - 150)), int(rng.integers(150, size[1] - 150)))
+        if all((p[0] - x) ** 2 + (p[1] - y) ** 2 > 300 ** 2 for x, y in [*centres, *spots]):
+            spots.append(p)
+    return spots
+
+
+@pytest.mark.parametrize("dark, bgr", [
+    (1, (160, 0, 60)),  # one stain-debris disc, stained ~2.3x as strongly as the nuclei
+    (3, (130, 20, 70)),  # several dark lymphocyte-like nuclei beside paler ones
+])
+def test_a_dark_blob_does_not_hide_the_other_cells(dark: int, bgr: Tuple[int, int, int]) -> None:
+    """Blobs used to be dropped below 65 % of the field's strongest stain: one dark disc
+    removed every real cell of the field."""
+    image, centres = make_field(7, leukocytes=6, pairs=0)
+    spots = _free_spots(centres, dark, (image.shape[1], image.shape[0]), seed=7)
+    for x, y in spots:
+        cv2.circle(image, (x, y), 60, bgr, -1, cv2.LINE_AA)
+    found = [c.centre for c in detect_cells(image, AnalysisConfig(min_cell_diameter_px=60))]
+    assert match_centres(found, centres, MATCH_RADIUS).recall == 1.0, found
+    assert match_centres(found, spots, MATCH_RADIUS).recall == 1.0, found  # round and stained
+
 @pytest.mark.parametrize("background", [(0, 0, 0), (144, 159, 162)], ids=["black", "smear"])
 @pytest.mark.parametrize("radius, gap, bridge, colour, boxes", [
     (45, 50, True, DARK, 1),  # small body bridged to the nucleus: one cell, box covers both

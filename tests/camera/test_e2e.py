@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edge.config import load_config
+from edge.retention import stored_name
 from tests.camera.util import solid, write_video
 from tests.util import wait_until
 
@@ -67,6 +68,12 @@ def test_camera_capture_is_journaled_with_cells(daemon: Any) -> None:
 
     # the empty slide gets its one outcome too: quarantined as "no cells", not "negative"
     assert blank["status"] == "quarantined" and blank["reason"] == "no_cells"
+    # and, since the camera keeps no copy, the capture is stored in quarantine/ with its reason
+    stored = Path(daemon.config.storage.data_dir) / "quarantine" / stored_name(blank["id"],
+                                                                             blank["name"])
+    assert cv2.imread(str(stored)) is not None, sorted(stored.parent.iterdir())
+    reason = json.loads(stored.with_name(stored.name + ".reason.json").read_text())
+    assert (reason["reason"], reason["source"]) == ("no_cells", "camera")
     health = {c.name: c for c in daemon.health()}
     assert health["camera"].state == "ok"
     assert daemon.status()["components"]["camera"]["submitted"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, List
 
 import cv2
@@ -12,7 +13,8 @@ import pytest
 from edge.analysis import register
 from edge.analysis.detect import detect_cells
 from edge.analysis.field import analyze_field
-from edge.config import AnalysisConfig, Config
+from edge.config import AnalysisConfig, Config, ConfigError, load_config
+from edge.hias import payloads
 from edge.imaging import ImageError
 from edge.inference import Classifier
 from tests.camera.fields import make_field
@@ -26,6 +28,7 @@ def test_field_result_is_consistent(classifier: Classifier) -> None:
     cells = out["cells"]
     items = cells["items"]
     assert cells["found"] == len(items) == len(detect_cells(image, CFG)) == len(centres)
+    assert cells["skipped"] == 0
     for it in items:
         x, y, w, h = it["box"]
         assert all(isinstance(v, int) for v in it["box"]) and w > 0 and h > 0
@@ -33,7 +36,7 @@ def test_field_result_is_consistent(classifier: Classifier) -> None:
         assert it["label"] == ("ALL" if it["probability"] >= classifier.threshold else "normal")
     assert cells["blasts"] == sum(it["label"] == "ALL" for it in items)
     assert cells["blast_fraction"] == pytest.approx(cells["blasts"] / cells["found"], abs=1e-4)
-    assert out["probability"] == max(it["probability"] for it in items)
+    assert out["probability"] == pytest.approx(max(it["probability"] for it in items), abs=1e-6)
     assert out["latency_ms"] > 0
     annotated = out["annotated"]
     assert annotated.dtype == np.uint8 and annotated.ndim == 3 and max(annotated.shape) <= 1600
@@ -70,10 +73,65 @@ def test_boxes_are_coloured_by_label(classifier: Classifier) -> None:
     assert out["cells"]["blasts"] == 0 and green > 100
 
 
-def test_max_cells_caps_and_reports(classifier: Classifier) -> None:
+def test_a_cell_just_under_the_threshold_leaves_the_field_negative(
+        stain_meter_xml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cells were labelled by the unrounded probability and the field by the rounded maximum:
+    0.4999996 gave a normal cell (blasts 0) in a field labelled ALL (0.5 >= 0.5)."""
+    probe = Classifier(stain_meter_xml, ["CPU"], threshold=0.5)
+    monkeypatch.setattr(probe, "predict", lambda crop: SimpleNamespace(probability=0.4999996))
+    image, _ = make_field(17, leukocytes=3, pairs=0)
+    out = analyze_field(image, probe, CFG)
+    assert out["cells"]["blasts"] == 0
+    assert probe.label_for(out["probability"]) == "normal"  # what the pipeline labels the field
+
+
+def test_max_cells_caps_and_reports(classifier: Classifier, tmp_path: Path) -> None:
     image, _ = make_field(15, leukocytes=6, pairs=0)
     out = analyze_field(image, classifier, AnalysisConfig(min_cell_diameter_px=60, max_cells=2))
     assert out["cells"]["found"] == 2 and out["cells"]["skipped"] == 4
+    # the cells left out are reported to HIAS and on the status page too
+    result = {"id": "r1", "label": "normal", "positive": False, "cells": out["cells"]}
+    body = payloads.classification(result, "m")
+    assert body["cells"] == {"found": 2, "blasts": out["cells"]["blasts"],
+                             "blast_fraction": out["cells"]["blast_fraction"], "skipped": 4}
+    assert "cells 6 (4 not classified), blasts" in _status_page(tmp_path, out["cells"])
+
+
+def _status_page(tmp_path: Path, cells: dict) -> str:
+    """The status page of the web tests' stand-in daemon (TEST DOUBLE, real journal and
+    template) showing one journaled `cells` result."""
+    from edge import DISCLAIMER
+    from edge.journal import new_id, utc_iso
+    from tests.web.conftest import start_standin
+
+    run = start_standin(tmp_path)
+    try:
+        run.daemon.journal.record({
+            "id": new_id(), "time": utc_iso(), "source": "camera", "name": "field.jpg",
+            "sha256": "0" * 64, "status": "ok", "reason": None, "label": "normal",
+            "positive": False, "probability": 0.2, "threshold": 0.5,
+            "model": {"name": "m", "version": "1", "synthetic": True}, "device": "CPU",
+            "latency_ms": 1.0, "analysis": "cells", "cells": cells, "disclaimer": DISCLAIMER,
+        })
+        return run.get("/").body.decode()
+    finally:
+        run.server.stop(timeout=5)
+        run.daemon.close()
+
+
+def test_cell_size_limits_must_be_ordered() -> None:
+    """Checked by the analysis section itself, so also without file checks and on assignment
+    (it used to be checked only by load_config's file checks)."""
+    with pytest.raises(ValueError, match=r"min_cell_diameter_px \(500\) must be below "
+                                         r"max_cell_diameter_px \(400\)"):
+        AnalysisConfig(min_cell_diameter_px=500)
+    cfg = AnalysisConfig()
+    with pytest.raises(ValueError, match="must be below"):
+        cfg.min_cell_diameter_px = 400
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["analysis.max_cell_diameter_px=10"], check_files=False)
+    assert err.value.problems == ["analysis: Value error, min_cell_diameter_px (20) must be "
+                                  "below max_cell_diameter_px (10)"]
 
 
 @pytest.mark.parametrize("image", [np.zeros((300, 400, 3), np.uint8),
