@@ -126,12 +126,28 @@ def decode(
     if _looks_truncated(data, info.format):
         raise ImageError("truncated", f"the {info.format} data is truncated")
     flag, _ = _reduction_flag(info, target)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    buf = np.frombuffer(data, np.uint8)
+    if info.format in ("PNG", "TIFF"):   # may hold 16-bit samples: keep them for _to_8bit
+        image = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
+        if image is not None and image.dtype == np.uint16:
+            image = _to_8bit(image)
+        elif image is not None and image.dtype != np.uint8:   # e.g. float TIFF: OpenCV's own way
+            image = cv2.imdecode(buf, flag)
+    else:
+        image = cv2.imdecode(buf, flag)
     if image is None or image.size == 0:
         raise ImageError("undecodable", f"the {info.format} data could not be decoded")
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return image
+
+
+def _to_8bit(image: np.ndarray) -> np.ndarray:
+    """16-bit samples to 8 bits by the depth they actually use: camera sensors store 10- or
+    12-bit data in 16-bit files, and dropping the usual 8 low bits would leave them nearly
+    black (a 12-bit white is 15 of 255). The depth is taken from the largest sample."""
+    bits = max(8, int(image.max()).bit_length())
+    return (image >> (bits - 8)).astype(np.uint8)
 
 
 def read(

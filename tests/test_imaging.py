@@ -163,3 +163,16 @@ def test_probe_file_reads_the_header_of_a_file(tmp_path) -> None:
     with pytest.raises(ImageError) as exc:
         imaging.probe_file(tmp_path / "empty.jpg")
     assert exc.value.reason == "empty"
+
+
+@pytest.mark.parametrize("bits", [16, 12, 10])
+def test_16_bit_files_use_the_depth_their_samples_have(tmp_path, bits: int) -> None:
+    """A 12-bit camera frame saved as 16-bit TIFF must not come out black."""
+    rng = np.random.default_rng(bits)
+    eight = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    eight[0, 0] = 255                                          # the sensor's full scale is used
+    wide = eight.astype(np.uint16) << (bits - 8)
+    for ext in (".tif", ".png"):
+        ok, buf = cv2.imencode(ext, wide)
+        assert ok
+        assert np.array_equal(imaging.decode(buf.tobytes()), eight), ext
