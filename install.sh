@@ -2,6 +2,8 @@
 # Installs, upgrades or removes the ALL edge daemon on a Raspberry Pi (run as root).
 # Research use only: this is not a diagnostic device. Guide: docs/deploy.md.
 set -euo pipefail
+# Everything installed is root's and readable by the service user, whatever umask sudo passed on.
+umask 022
 
 usage() {
   cat <<'EOF'
@@ -17,12 +19,15 @@ Modes (default: install)
   --uninstall --purge    also remove config, credentials, data, logs and the service user
 
 Options
-  --cpu                  CPU mode (default): Raspberry Pi OS Bookworm, OpenVINO wheel, device CPU
+  --cpu                  CPU mode (default on a first install): Raspberry Pi OS Bookworm,
+                         OpenVINO wheel, device CPU
   --ncs2                 NCS2 mode: Raspberry Pi OS Bullseye 64-bit, Python 3.9, OpenVINO 2022.3
                          runtime, device MYRIAD (CPU fallback); installs the NCS2 udev rule
   --openvino-archive P   NCS2 mode: Intel's OpenVINO 2022.3 ARM runtime, as the .tgz archive or
                          an extracted directory; without it, python must already import
                          openvino.runtime (2022.3) from its system site-packages
+                         Without --cpu or --ncs2, a rerun or --upgrade keeps the mode (and the
+                         --openvino-archive path) recorded in the live release's install-mode
   --python PY            interpreter for the venv (default: python3)
   --wheelhouse DIR       install Python packages only from DIR (pip --no-index --find-links)
   --prefix DIR           staging root: everything goes under DIR and the paths written into the
@@ -43,6 +48,8 @@ EOF
 ACTION=install
 PURGE=0
 HW=cpu
+MODE_GIVEN=0      # --cpu/--ncs2 given: otherwise an installed release's recorded mode is kept
+MODE_RECALLED=""  # the install-mode file the mode was taken from
 OV_ARCHIVE=""
 PYTHON=python3
 WHEELHOUSE=""
@@ -61,8 +68,8 @@ while [ "$#" -gt 0 ]; do
     --upgrade) ACTION=upgrade ;;
     --uninstall) ACTION=uninstall ;;
     --purge) PURGE=1 ;;
-    --cpu) HW=cpu ;;
-    --ncs2) HW=ncs2 ;;
+    --cpu) HW=cpu; MODE_GIVEN=1 ;;
+    --ncs2) HW=ncs2; MODE_GIVEN=1 ;;
     --openvino-archive) need_arg "$@"; OV_ARCHIVE="$2"; shift ;;
     --python) need_arg "$@"; PYTHON="$2"; shift ;;
     --wheelhouse) need_arg "$@"; WHEELHOUSE="$2"; shift ;;
@@ -196,7 +203,10 @@ preflight() {
     die "NCS2 mode runs OpenVINO 2022.3, built for Python 3.7-3.10 (got $PYVER); use Bullseye's python3.9"
   fi
   [ -z "$WHEELHOUSE" ] || [ -d "$WHEELHOUSE" ] || die "--wheelhouse '$WHEELHOUSE' is not a directory"
-  [ -z "$OV_ARCHIVE" ] || [ -e "$OV_ARCHIVE" ] || die "--openvino-archive '$OV_ARCHIVE' does not exist"
+  if [ -n "$OV_ARCHIVE" ]; then
+    [ -e "$OV_ARCHIVE" ] || die "--openvino-archive '$OV_ARCHIVE' does not exist${MODE_RECALLED:+ (recorded in $MODE_RECALLED; pass --ncs2 --openvino-archive PATH again)}"
+    OV_ARCHIVE="$(realpath -e "$OV_ARCHIVE")"  # recorded for later upgrades: absolute
+  fi
   for item in "${SRC_ITEMS[@]}"; do
     [ -e "$SRC_DIR/$item" ] || die "source tree incomplete: $SRC_DIR/$item is missing"
   done
@@ -266,6 +276,26 @@ current_release() {
   if [ -L "$APP/current" ]; then basename "$(readlink "$APP/current")"; fi
 }
 
+# The hardware mode is recorded in each release (install-mode), so a rerun or --upgrade without
+# --cpu/--ncs2 keeps the mode and --openvino-archive of the live release.
+recall_mode() {
+  [ "$MODE_GIVEN" = 0 ] || return 0
+  local f="$APP/current/install-mode" hw
+  [ -f "$f" ] || return 0
+  hw="$(sed -n 's/^hw=//p' "$f")"
+  case "$hw" in cpu|ncs2) ;; *) return 0 ;; esac
+  HW="$hw"
+  OV_ARCHIVE="$(sed -n 's/^openvino_archive=//p' "$f")"
+  MODE_RECALLED="$f"
+  note "mode $HW${OV_ARCHIVE:+, --openvino-archive $OV_ARCHIVE}: as recorded in $f (--cpu or --ncs2 changes it)"
+}
+
+record_mode() {  # RELEASE ID
+  [ "$DRY" = 0 ] || return 0
+  printf 'hw=%s\nopenvino_archive=%s\n' "$HW" "$OV_ARCHIVE" > "$TMP/install-mode"
+  put_file "$TMP/install-mode" "$APP/releases/$1/install-mode" 0644
+}
+
 pip_install() {  # VENV ARGS...
   local venv="$1"; shift
   local opts=(-q --disable-pip-version-check)
@@ -294,9 +324,9 @@ install_ov_runtime() {
   local rel="$1" ovdir="$1/openvino"
   mkdir -p "$ovdir"
   if [ -d "$OV_ARCHIVE" ]; then
-    cp -a "$OV_ARCHIVE/." "$ovdir/"
+    cp -R --preserve=timestamps "$OV_ARCHIVE/." "$ovdir/"  # not owners or modes: see build_release
   else
-    tar -xzf "$OV_ARCHIVE" -C "$ovdir" --strip-components=1 \
+    tar -xzf "$OV_ARCHIVE" -C "$ovdir" --strip-components=1 --no-same-owner --no-same-permissions \
       || die "cannot extract $OV_ARCHIVE (expected Intel's l_openvino_toolkit_*_2022.3*_arm64.tgz)"
   fi
   local pydir=""
@@ -332,7 +362,10 @@ build_release() {
   fi
   rm -rf "${rel:?}"
   mkdir -p "$rel/src"
-  tar -C "$SRC_DIR" --exclude=__pycache__ --exclude='*.pyc' -cf - "${SRC_ITEMS[@]}" | tar -C "$rel/src" -xf -
+  # Extracted as root's files with umask modes: tar run as root would otherwise keep the
+  # cloner's uid and any group-writable modes of the checkout.
+  tar -C "$SRC_DIR" --exclude=__pycache__ --exclude='*.pyc' -cf - "${SRC_ITEMS[@]}" \
+    | tar -C "$rel/src" --no-same-owner --no-same-permissions -xf -
   "$PYTHON" -m venv --system-site-packages "$rel/venv" \
     || die "cannot create a venv with $PYTHON (apt-get install python3-venv)"
   write_constraints
@@ -443,13 +476,41 @@ validate() {  # RELEASE ID
   if [[ "$xml" == "$APP/current/"* ]]; then
     over=(--set "model.xml=$rel/${xml#"$APP/current/"}")
   fi
-  if ! LD_LIBRARY_PATH="$ldp" "$rel/venv/bin/python" -m edge check-config \
+  # check-config applies the HTTP access rules, which need the secrets: give it the
+  # credentials the unit loads, as systemd does ($CREDENTIALS_DIRECTORY), from a private copy.
+  local creds="$TMP/credentials"
+  render_unit "$1" "$TMP/unit.validate"
+  stage_credentials "$TMP/unit.validate" "$creds"
+  if ! CREDENTIALS_DIRECTORY="$creds" LD_LIBRARY_PATH="$ldp" "$rel/venv/bin/python" -m edge check-config \
       --config "$ETC/confs.json" "${over[@]}"; then
+    rm -rf "$creds"
     die "$ETC/confs.json does not validate with release $1 (messages above); nothing was switched or enabled"
   fi
+  rm -rf "$creds"
+}
+
+# stage_credentials UNIT DIR: DIR (0700) gets a 0600 copy of each readable file the unit's
+# LoadCredential=NAME:PATH lines name, under NAME; a missing file stays missing ("not set").
+stage_credentials() {
+  local line name path
+  rm -rf "$2"
+  mkdir -m 0700 "$2"
+  while IFS= read -r line; do
+    name="${line%%:*}"; path="${line#*:}"
+    [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || continue
+    if [ -f "$path" ] && [ -r "$path" ]; then install -m 0600 "$path" "$2/$name"; fi
+  done < <(sed -n 's/^LoadCredential=//p' "$1")
 }
 
 # ------------------------------------------------------------------------------ systemd
+# release_file ID PATH: PATH (e.g. systemd/all-edge.service) from that release's own code, so a
+# rollback puts back the old release's unit; this tree's copy only while the release is not
+# built (--dry-run).
+release_file() {
+  local f="$APP/releases/$1/src/$2"
+  if [ -f "$f" ]; then echo "$f"; else echo "$SRC_DIR/$2"; fi
+}
+
 render_unit() {  # RELEASE ID, OUT
   local ldp
   ldp="$(ov_ldpath "$APP/releases/$1")"
@@ -457,7 +518,7 @@ render_unit() {  # RELEASE ID, OUT
       -e "s|/etc/all-edge/|$ETC/|g" \
       -e "s|^WorkingDirectory=/var/lib/all-edge|WorkingDirectory=$STATE|" \
       -e "s|^User=all-edge$|User=$SVC_USER|" -e "s|^Group=all-edge$|Group=$SVC_USER|" \
-      "$SRC_DIR/systemd/all-edge.service" > "$2"
+      "$(release_file "$1" systemd/all-edge.service)" > "$2"
   if [ -n "$ROOT" ]; then
     sed -i "s|^LogsDirectoryMode=.*|&\nReadWritePaths=$STATE $LOGS|" "$2"
   fi
@@ -474,9 +535,11 @@ install_unit() {  # RELEASE ID; sets UNIT_CHANGED
   ensure_dir "$(dirname "$UNIT")" 0755
   put_file "$TMP/unit" "$UNIT" 0644
   if [ "$HW" = ncs2 ]; then
+    local rule
+    rule="$(release_file "$1" systemd/97-myriad-usbboot.rules)"
     ensure_dir "$(dirname "$UDEV_RULE")" 0755
-    if ! cmp -s "$SRC_DIR/systemd/97-myriad-usbboot.rules" "$UDEV_RULE" 2>/dev/null; then
-      put_file "$SRC_DIR/systemd/97-myriad-usbboot.rules" "$UDEV_RULE" 0644
+    if ! cmp -s "$rule" "$UDEV_RULE" 2>/dev/null; then
+      put_file "$rule" "$UDEV_RULE" 0644
       sys "udevadm control --reload-rules && udevadm trigger" udev_reload
     fi
   fi
@@ -490,23 +553,41 @@ start_service() {  # fresh install: enable only a service that starts
   if [ "$DRY" = 1 ]; then echo "    would: systemctl enable --now $SERVICE"; return 0; fi
   if systemctl is-active --quiet "$SERVICE" && [ "$UNIT_CHANGED" = 0 ]; then
     note "$SERVICE is running"
+    ensure_enabled
     return 0
   fi
   say "starting $SERVICE"
+  reset_failed
   if ! systemctl enable "$SERVICE" || ! systemctl restart "$SERVICE"; then
     systemctl disable --now "$SERVICE" >/dev/null 2>&1 || true
     die "$SERVICE did not start; it was left disabled. See: journalctl -u $SERVICE -n 50"
   fi
 }
 
+# After start-limit-hit systemd refuses even a manual start until the failed state is reset.
+reset_failed() { systemctl reset-failed "$SERVICE" >/dev/null 2>&1 || true; }
+
+# A service that runs is enabled, also one whose first start failed (left disabled) and that an
+# --upgrade or a rerun got running.
+ensure_enabled() {
+  systemctl is-enabled --quiet "$SERVICE" 2>/dev/null && return 0
+  act "systemctl enable $SERVICE" systemctl enable "$SERVICE" \
+    || die "$SERVICE runs but could not be enabled: sudo systemctl enable $SERVICE"
+}
+
 restart_with_rollback() {  # NEW ID, OLD ID
   if [ "$NO_SYSTEM" = 1 ]; then skipped "systemctl restart $SERVICE"; return 0; fi
   if [ "$DRY" = 1 ]; then echo "    would: systemctl restart $SERVICE"; return 0; fi
   say "restarting $SERVICE on release $1"
-  if systemctl restart "$SERVICE"; then return 0; fi
+  reset_failed
+  if systemctl restart "$SERVICE"; then
+    ensure_enabled
+    return 0
+  fi
   echo "install.sh: $SERVICE failed on release $1; rolling back to $2" >&2
   switch_current "$2"
   install_unit "$2"
+  reset_failed
   systemctl restart "$SERVICE" || true
   die "upgrade failed and was rolled back to $2. See: journalctl -u $SERVICE -n 50"
 }
@@ -525,6 +606,7 @@ PY
 
 # ------------------------------------------------------------------------------ actions
 do_install() {
+  recall_mode
   preflight
   local cur id
   cur="$(current_release)"
@@ -539,6 +621,7 @@ do_install() {
   create_user
   create_dirs
   build_release "$id"
+  record_mode "$id"
   install_config
   validate "$id"
   local previous="$cur"

@@ -78,14 +78,17 @@ def wheelhouse() -> Path:
 
 def run_install(root: Path, *args: str, src: Path = REPO_ROOT, wheelhouse: Path = WHEELHOUSE,
                 env: Optional[Dict[str, str]] = None, check: bool = True,
-                python: Optional[str] = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run SRC/install.sh into the staging root; fail with its output when it fails."""
+                python: Optional[str] = None, timeout: float = 600,
+                umask: Optional[int] = None) -> subprocess.CompletedProcess:
+    """Run SRC/install.sh into the staging root (with UMASK, when given, as the caller's umask);
+    fail with its output when it fails."""
     cmd = ["bash", str(src / "install.sh"), "--prefix", str(root), "--python",
            python or base_python(),
            "--wheelhouse", str(wheelhouse), *args]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DESTDIR", "ALL_EDGE_"))}
     full_env.update(env or {})
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
     if check and proc.returncode != 0:
         pytest.fail(f"install.sh {' '.join(args)} failed ({proc.returncode}):\n"
                     f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -123,10 +126,9 @@ def snapshot(root: Path) -> Dict[str, Entry]:
                 out[rel] = ("link", 0, 0, os.readlink(p))
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns, "")
-            elif "/venv/" in f"/{rel}":
-                digest = f"size={st.st_size}"
             else:
-                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                in_venv = "/venv/" in f"/{rel}"
+                digest = f"size={st.st_size}" if in_venv else hashlib.sha256(p.read_bytes()).hexdigest()
                 out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, digest)
     return out
 

@@ -8,6 +8,7 @@ therefore not checked here, only that each skipped chown is reported. The tests 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -98,14 +99,47 @@ def test_destdir_is_the_staging_root(tmp_path: Path) -> None:
     assert not root.exists()
 
 
+def test_snapshot_sees_changes_inside_a_venv(tmp_path: Path) -> None:
+    """The idempotency checks compare venv files too (by size, mode and mtime)."""
+    f = tmp_path / "opt/all-edge/releases/r/venv/lib/site-packages/x.pth"
+    f.parent.mkdir(parents=True)
+    f.write_text("/a\n")
+    before = snapshot(tmp_path)
+    assert "opt/all-edge/releases/r/venv/lib/site-packages/x.pth" in before
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # rewritten, same content
+    assert diff_snapshots(before, snapshot(tmp_path)) != []
+    f.write_text("/ab\n")
+    assert diff_snapshots(before, snapshot(tmp_path)) != []
+
+
 # ------------------------------------------------------------------ the install life cycle
 
 
+CLONER = 1000  # the Pi's first user, who cloned the repository
+
+
+def as_cloned(src: Path) -> Path:
+    """The source tree as a user's checkout with umask 002 leaves it: group-writable, and (when
+    the tests run as root, as install.sh does) owned by that user, not root."""
+    for dirpath, dirnames, filenames in os.walk(src):
+        for name in [""] + dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                continue
+            p.chmod(stat.S_IMODE(p.stat().st_mode) | stat.S_IWGRP)
+            if os.geteuid() == 0:
+                os.chown(p, CLONER, CLONER)
+    return src
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path,
-              source: Path) -> Iterator[Dict[str, object]]:
-    root = tmp_path_factory.mktemp("staging") / "root"
-    proc = run_install(root, src=source, wheelhouse=wheelhouse)
+def installed(tmp_path_factory: pytest.TempPathFactory,
+              wheelhouse: Path) -> Iterator[Dict[str, object]]:
+    tmp = tmp_path_factory.mktemp("staging")
+    root = tmp / "root"
+    source = as_cloned(copy_source(tmp / "src"))
+    # umask 002 as sudo may pass on: install.sh must not let it reach the installed tree
+    proc = run_install(root, src=source, wheelhouse=wheelhouse, umask=0o002)
     yield {"root": root, "out": proc.stdout, "src": source}
     shutil.rmtree(root.parent, ignore_errors=True)  # ~1 GB of venvs
 
@@ -140,6 +174,9 @@ def test_fresh_install_places_every_file(installed: Dict[str, object]) -> None:
     assert (rel / ".complete").is_file()
     assert (rel / "src/models/default/model.xml").is_file()
     assert not (rel / "src/build").exists() and not list((rel / "src").glob("*.egg-info"))
+    # the mode is recorded, for a rerun or --upgrade without --cpu/--ncs2
+    assert (rel / "install-mode").read_text() == "hw=cpu\nopenvino_archive=\n"
+    assert mode(rel / "install-mode") == 0o644
     # the udev rule is only for --ncs2
     assert not (root / "etc/udev/rules.d/97-myriad-usbboot.rules").exists()
     out: str = installed["out"]  # type: ignore[assignment]
@@ -162,6 +199,35 @@ def test_fresh_install_places_every_file(installed: Dict[str, object]) -> None:
         str(state): svc, str(state / "data"): svc, str(state / "inbox"): svc,
         str(state / "models"): svc, str(root / "var/log/all-edge"): svc,
     }
+
+
+@pytest.mark.slow
+def test_release_code_belongs_to_root_and_is_not_group_writable(
+        installed: Dict[str, object]) -> None:
+    """The checkout is the cloner's and group-writable (see as_cloned); the release's code and
+    venv must be root's (docs/deploy.md: "root, 0755"), writable by nobody else, readable by
+    the service user. Owners are checked when the tests run as root (install.sh's tar then
+    keeps owners unless told not to); otherwise only the modes."""
+    root: Path = installed["root"]  # type: ignore[assignment]
+    rel = (root / "opt/all-edge/current").resolve()
+    src = installed["src"]
+    assert mode(src / "edge/daemon.py") & stat.S_IWGRP  # the fixture really is group-writable
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(rel):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            m = stat.S_IMODE(st.st_mode)
+            if m & (stat.S_IWGRP | stat.S_IWOTH) or not m & stat.S_IROTH:
+                bad.append(f"{p}: mode {oct(m)}")
+            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                bad.append(f"{p}: owner {st.st_uid}:{st.st_gid}")
+    assert bad == [], "\n".join(bad[:20])
+    assert mode(rel / "src") == 0o755 and mode(rel / "src/edge") == 0o755
+    assert mode(rel / "src/edge/daemon.py") == 0o644
+    assert mode(rel / "src/install.sh") == 0o755  # executables stay executable
 
 
 @pytest.mark.slow
@@ -291,6 +357,65 @@ def test_upgrade_keeps_config_credentials_and_data(installed: Dict[str, object],
     before = snapshot(root)
     proc = run_install(root, "--upgrade", src=tmp_path / "v2", wheelhouse=wheelhouse)
     assert diff_snapshots(before, snapshot(root)) == []
+
+
+@pytest.mark.slow
+def test_upgrade_of_a_network_exposed_setup_validates_with_its_credentials(
+        installed: Dict[str, object], tmp_path: Path, wheelhouse: Path) -> None:
+    """server.host 0.0.0.0 with the API token as a credential file (docs/deploy.md): check-config
+    applies the "no remote bind without credentials" rule, so install.sh must validate with the
+    credentials the unit loads, as the daemon sees them."""
+    root: Path = installed["root"]  # type: ignore[assignment]
+    etc = root / "etc/all-edge"
+    cfg_path, token = etc / "confs.json", etc / "credentials/api-token"
+    good_cfg, good_token = cfg_path.read_bytes(), token.read_bytes()
+    cfg = json.loads(good_cfg)
+    cfg["server"]["host"] = "0.0.0.0"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    current = root / "opt/all-edge/current"
+    old_release = current.resolve()
+    try:
+        token.write_text("deploy-test-token-91c7\n")
+        proc = run_install(root, "--upgrade", src=_new_code(tmp_path, "v4", 11),
+                           wheelhouse=wheelhouse)
+        assert "http: 0.0.0.0:" in proc.stdout  # check-config's summary
+        assert current.resolve() != old_release
+        assert (current.resolve() / "src/docs/v4.md").is_file()
+        assert token.read_text() == "deploy-test-token-91c7\n"
+        assert mode(token) == 0o600
+
+        # the same setup without the token is refused: the credential is what made it valid
+        token.write_bytes(b"")
+        live = current.resolve()
+        proc = run_install(root, "--upgrade", src=tmp_path / "v4", wheelhouse=wheelhouse,
+                           check=False)
+        assert proc.returncode == 1
+        assert "does not validate" in proc.stderr
+        assert "not a loopback address" in proc.stderr
+        assert current.resolve() == live
+    finally:
+        cfg_path.write_bytes(good_cfg)
+        token.write_bytes(good_token)
+
+
+def test_upgrade_without_a_mode_keeps_the_recorded_mode(tmp_path: Path) -> None:
+    """--upgrade without --cpu/--ncs2 takes the mode recorded in the live release (no build:
+    a recorded NCS2 mode makes the preflight refuse this machine's Python >= 3.11)."""
+    root = tmp_path / "root"
+    rel = root / "opt/all-edge/releases/0.1.0-recorded"
+    rel.mkdir(parents=True)
+    (rel / "install-mode").write_text("hw=ncs2\nopenvino_archive=/nonexistent/ov.tgz\n")
+    (root / "opt/all-edge/current").symlink_to("releases/0.1.0-recorded")
+    proc = run_install(root, "--upgrade", "--dry-run", wheelhouse=tmp_path, check=False)
+    assert f"mode ncs2, --openvino-archive /nonexistent/ov.tgz: as recorded in " \
+           f"{root}/opt/all-edge/current/install-mode" in proc.stdout
+    assert proc.returncode == 1
+    assert "NCS2 mode runs OpenVINO 2022.3" in proc.stderr
+    # given again, the mode is the one given
+    proc = run_install(root, "--upgrade", "--dry-run", "--cpu", wheelhouse=tmp_path,
+                       check=False)
+    assert "as recorded" not in proc.stdout
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.slow

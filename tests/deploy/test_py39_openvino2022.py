@@ -252,6 +252,11 @@ def ncs2_install_checks(py39: Path, wheelhouse39: Path, source: Path, tmp_path: 
     run_install(root, "--ncs2", "--openvino-archive", str(archive), src=source,
                 wheelhouse=wheelhouse39, python=find_python39())
     assert diff_snapshots(before, snapshot(root)) == []
+    # --upgrade without --ncs2 --openvino-archive keeps the recorded mode: same release, no change
+    proc = run_install(root, "--upgrade", src=source, wheelhouse=wheelhouse39,
+                       python=find_python39())
+    assert f"mode ncs2, --openvino-archive {archive}: as recorded in" in proc.stdout
+    assert diff_snapshots(before, snapshot(root)) == []
 
     cfg["server"]["port"] = free_port()
     (root / "etc/all-edge/confs.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -4,7 +4,9 @@ These commands need root on a real Pi with systemd as PID 1, which this machine 
 test puts recording FAKES of apt-get, useradd, usermod, userdel, id, chown, udevadm, uname and
 systemctl first on PATH (ALL_EDGE_FAKE_SYSTEM=1 lets install.sh run them inside a staging root).
 The fake systemctl "starts" the service unless the current release contains docs/BROKEN.md,
-which stands for a release that fails to start. This checks which commands install.sh issues,
+which stands for a release that fails to start; such a failure counts as start-limit-hit (the
+unit's retries used up), after which the fake, like systemd, refuses every start until
+`systemctl reset-failed`. This checks which commands install.sh issues,
 in which order, and what it does when a start fails; it is no proof that they work on a Pi.
 """
 
@@ -39,12 +41,17 @@ FAKES = {
     "systemctl": LOGGER + (
         'case "$1" in\n'
         '  is-active) [ -f "$FAKE_STATE/active" ]; exit $? ;;\n'
+        '  is-enabled) [ -f "$FAKE_STATE/enabled" ]; exit $? ;;\n'
         '  enable) touch "$FAKE_STATE/enabled" ;;\n'
         '  disable) rm -f "$FAKE_STATE/enabled"\n'
         '           if [ "$2" = --now ]; then rm -f "$FAKE_STATE/active"; fi ;;\n'
+        '  reset-failed) rm -f "$FAKE_STATE/start-limit-hit" ;;\n'
         '  start|restart)\n'
+        '    if [ -e "$FAKE_STATE/start-limit-hit" ]; then\n'
+        '      echo "Job for $2.service failed: start-limit-hit" >&2; exit 1\n'
+        '    fi\n'
         '    if [ -e "$FAKE_ROOT/opt/all-edge/current/src/docs/BROKEN.md" ]; then\n'
-        '      rm -f "$FAKE_STATE/active"; exit 1\n'
+        '      rm -f "$FAKE_STATE/active"; touch "$FAKE_STATE/start-limit-hit"; exit 1\n'
         '    fi\n'
         '    touch "$FAKE_STATE/active" ;;\n'
         'esac\n'),
@@ -84,12 +91,20 @@ class FakeSystem:
         return (self.state / what).exists()
 
 
+BROKEN_EXEC = "python -X dev -m edge run"  # the broken release's unit differs from the good one
+
+
 def broken(src: Path) -> Path:
-    """A release that fails to start (fake systemctl) and brings a changed default."""
+    """A release that fails to start (fake systemctl) and brings a changed default and a
+    changed unit (ExecStart)."""
     (src / "docs" / "BROKEN.md").write_text("this release fails to start (fake systemctl)\n")
     cfg = json.loads((src / "confs.json").read_text())
     cfg["analysis"]["max_cells"] += 3
     (src / "confs.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    unit = src / "systemd" / "all-edge.service"
+    text = unit.read_text()
+    assert "python -m edge run" in text
+    unit.write_text(text.replace("python -m edge run", BROKEN_EXEC))
     return src
 
 
@@ -117,19 +132,23 @@ def test_system_steps_start_and_rollback(tmp_path: Path, root: Path, source: Pat
     assert f"chown all-edge:all-edge {root}/var/lib/all-edge/inbox" in calls
     sysd = [c for c in calls if c.startswith("systemctl")]
     assert sysd == ["systemctl daemon-reload", "systemctl is-active --quiet all-edge",
-                    "systemctl enable all-edge", "systemctl restart all-edge"]
+                    "systemctl reset-failed all-edge", "systemctl enable all-edge",
+                    "systemctl restart all-edge"]
     assert not [c for c in calls if c.startswith("udevadm")]  # CPU mode: no NCS2 rule
     assert fake.is_("enabled") and fake.is_("active")
 
-    # a rerun: the user exists, nothing changed, the running service is left alone
+    # a rerun: the user exists, nothing changed, the running (and enabled) service is left alone
     install()
     calls = fake.new_calls()
     assert "usermod -a -G video all-edge" in calls
     assert [c for c in calls if c.startswith("systemctl")] == [
-        "systemctl is-active --quiet all-edge"]
+        "systemctl is-active --quiet all-edge", "systemctl is-enabled --quiet all-edge"]
 
-    # an upgrade whose release does not start is rolled back to the previous release
+    # an upgrade whose release does not start is rolled back to the previous release, and to
+    # its unit: the unit is rendered from the release being installed, not from the new tree
     good = (root / "opt/all-edge/current").resolve()
+    unit = root / "etc/systemd/system/all-edge.service"
+    good_unit = unit.read_text()
     dist = root / "etc/all-edge/confs.json.dist"
     defaults = dist.read_bytes()
     proc = install("--upgrade", src=broken(copy_source(tmp_path / "broken")), check=False)
@@ -137,8 +156,13 @@ def test_system_steps_start_and_rollback(tmp_path: Path, root: Path, source: Pat
     assert "upgrade failed and was rolled back" in proc.stderr
     assert (root / "opt/all-edge/current").resolve() == good
     assert dist.read_bytes() == defaults, "the live release's defaults stay recorded"
+    assert BROKEN_EXEC not in unit.read_text()
+    assert unit.read_text() == good_unit
     assert [c for c in fake.new_calls() if c.startswith("systemctl")] == [
-        "systemctl restart all-edge", "systemctl restart all-edge"]
+        "systemctl daemon-reload",  # the broken release's unit
+        "systemctl reset-failed all-edge", "systemctl restart all-edge",
+        "systemctl daemon-reload",  # the good release's unit again
+        "systemctl reset-failed all-edge", "systemctl restart all-edge"]
     assert fake.is_("active") and fake.is_("enabled")
 
     # a good upgrade switches and restarts once
@@ -147,7 +171,8 @@ def test_system_steps_start_and_rollback(tmp_path: Path, root: Path, source: Pat
     proc = install("--upgrade", src=v2)
     assert (root / "opt/all-edge/current").resolve() != good
     assert [c for c in fake.new_calls() if c.startswith("systemctl")] == [
-        "systemctl restart all-edge"]
+        "systemctl reset-failed all-edge", "systemctl restart all-edge",
+        "systemctl is-enabled --quiet all-edge"]
 
     # uninstall --purge stops, disables, removes the user
     install("--uninstall", "--purge")
@@ -157,17 +182,35 @@ def test_system_steps_start_and_rollback(tmp_path: Path, root: Path, source: Pat
     assert not fake.is_("enabled") and not fake.is_("active")
 
 
-def test_a_fresh_install_that_does_not_start_is_left_disabled(tmp_path: Path, root: Path,
-                                                              wheelhouse: Path) -> None:
+def test_a_fresh_install_that_does_not_start_is_left_disabled_and_an_upgrade_recovers_it(
+        tmp_path: Path, root: Path, source: Path, wheelhouse: Path) -> None:
     fake = FakeSystem(tmp_path, root)
-    proc = run_install(root, src=broken(copy_source(tmp_path / "src")), wheelhouse=wheelhouse,
-                       env=fake.env, check=False)
+
+    def install(*args: str, src: Path, check: bool = True):
+        return run_install(root, *args, src=src, wheelhouse=wheelhouse, env=fake.env,
+                           check=check)
+
+    proc = install(src=broken(copy_source(tmp_path / "src")), check=False)
     assert proc.returncode == 1
     assert "did not start; it was left disabled" in proc.stderr
     sysd = [c for c in fake.new_calls() if c.startswith("systemctl")]
     assert sysd[-3:] == ["systemctl enable all-edge", "systemctl restart all-edge",
                          "systemctl disable --now all-edge"]
     assert not fake.is_("enabled")
+    assert fake.is_("start-limit-hit")
+
+    # fixed code: a plain rerun says to upgrade; the upgrade resets the failed state, starts
+    # the new release and enables it (it was left disabled)
+    proc = install(src=source, check=False)
+    assert proc.returncode == 1 and "run with --upgrade" in proc.stderr
+    install("--upgrade", src=source)
+    assert [c for c in fake.new_calls() if c.startswith("systemctl")] == [
+        "systemctl daemon-reload", "systemctl reset-failed all-edge",
+        "systemctl restart all-edge", "systemctl is-enabled --quiet all-edge",
+        "systemctl enable all-edge"]
+    assert fake.is_("active") and fake.is_("enabled")
+    unit = (root / "etc/systemd/system/all-edge.service").read_text()
+    assert BROKEN_EXEC not in unit and "python -m edge run" in unit
 
 
 def test_ncs2_mode_adds_the_users_group_and_the_udev_rule(tmp_path: Path, source: Path) -> None:
