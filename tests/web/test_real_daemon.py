@@ -229,7 +229,7 @@ def test_real_status_page_in_headless_chromium(real, cnmc_sample, tmp_path):
     for check in ("model", "device", "pipeline", "disk", "cpu temperature", "http"):
         assert f'data-check="{check}"' in dom, check
     for res in ids:
-        assert res["name"] in dom and f"p={res['probability']:.3f}" in dom
+        assert res["name"] in dom and f")={res['probability']:.3f}" in dom
         assert loaded_width(dom, f"/api/v1/results/{res['id']}/thumb") > 0
     phone_screenshot(real, tmp_path, "real", height=844)
 
@@ -277,8 +277,8 @@ def test_real_cells_result_on_the_status_page(real, tmp_path):
     phone_screenshot(real, tmp_path, "cells", height=2000)
     # HIAS (the broker) and camera are off here: their rows are present anyway, greyed.
     for name in ("hias", "camera"):
-        assert re.search(rf'<tr data-check="{name}" class="dis"><td>{name}</td><td><span '
-                         r'class="st st-disabled">disabled</span>', dom), name
+        assert re.search(rf'<tr data-check="{name}" class="dis"><td><span class="st st-disabled">'
+                         rf'disabled</span></td><td><b>{name}</b>', dom), name
 
 
 def test_file_name_cannot_forge_log_lines(real, cnmc_sample, caplog):
