@@ -289,7 +289,7 @@ class FolderSource(Component):
             finish_held_claim(held, self.processing / held.name)
             return True
         except OSError as exc:
-            msg = f"cannot copy {log_name(held.name)} into {self.processing}: {exc.strerror}"
+            msg = f"cannot copy {log_name(held.name)} into {self.processing}: {exc.strerror or exc}"
             if msg not in self._reported:
                 log.error("%s (it waits in %s)", msg, held.parent)
                 self._reported.add(msg)
@@ -297,15 +297,17 @@ class FolderSource(Component):
             return False
 
     def _retry_held(self) -> None:
-        try:
-            held = sorted((self.inbox / CLAIMING).iterdir())
-        except OSError:
-            return
-        for path in held:
+        for path in _held(self.inbox / CLAIMING):
             if self._stop.is_set():
                 return
             if self.daemon.journal.get(split_stored(path.name)[0]) is not None:
-                path.unlink(missing_ok=True)   # its copy was processed; only the unlink failed
+                try:   # its copy was processed; only letting go of it failed
+                    _let_go(path)
+                except OSError as exc:
+                    msg = f"cannot remove {log_name(path.name)} from {path.parent}: {exc.strerror}"
+                    if msg not in self._reported:
+                        log.error("%s", msg)
+                        self._reported.add(msg)
                 continue
             if self._finish_held(path):
                 self._submit(self.processing / path.name, split_stored(path.name)[1])
@@ -345,22 +347,58 @@ def submit_blocking(pipeline: Any, job: Job, stop: threading.Event) -> bool:
     return False
 
 
+def _copy_leaf(src: str, dst: str) -> None:
+    """A file inside a claimed directory: regular files are copied when readable, anything
+    else (FIFO, socket, device) becomes a FIFO; the directory is quarantined either way."""
+    if stat.S_ISREG(os.lstat(src).st_mode):
+        with contextlib.suppress(OSError):
+            shutil.copy2(src, dst)
+    else:
+        os.mkfifo(dst)
+
+
 def _copy_entry(src: Path, dst: Path) -> None:
     """Copy what an inbox entry is, so the pipeline can judge it as it would after a rename:
-    a symlink stays a link (never followed), a directory stays a directory, and any other
-    special file (FIFO, socket, device) becomes a FIFO, which reads as "not a regular file"
-    (copying a FIFO's content would block forever)."""
+    a symlink stays a link (never followed), a directory stays a directory (with what of its
+    content can be read), and any other special file becomes a FIFO, which reads as "not a
+    regular file" (copying a FIFO's content would block forever)."""
     st = src.lstat()
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dst)
     elif stat.S_ISDIR(st.st_mode):
-        shutil.copytree(src, dst, symlinks=True)
+        try:
+            shutil.copytree(src, dst, symlinks=True, copy_function=_copy_leaf)
+        except shutil.Error as exc:   # e.g. an unreadable subfolder: the rest is copied
+            log.warning("part of the claimed folder %s could not be copied (%d entries)",
+                        log_name(src.name), len(exc.args[0]) if exc.args else 0)
     elif stat.S_ISREG(st.st_mode):
         shutil.copy2(src, dst)
         with open(dst, "rb") as f:
             os.fsync(f.fileno())
     else:
         os.mkfifo(dst)
+
+
+def _let_go(held: Path) -> None:
+    """Remove a held claim whose copy is in processing/. What cannot be removed (a folder
+    with content the service may not delete) is set aside under a hidden name, so it is never
+    copied and submitted a second time."""
+    if held.is_dir() and not held.is_symlink():
+        shutil.rmtree(held, ignore_errors=True)
+    else:
+        held.unlink(missing_ok=True)
+    if os.path.lexists(held):
+        aside = held.with_name(f".{held.name}.leftover")
+        os.rename(held, aside)
+        log.warning("could not remove all of %s; left as %s", log_name(held.name), log_name(aside.name))
+
+
+def _held(held_dir: Path) -> List[Path]:
+    """Claims waiting in `<inbox>/.claiming` (hidden names are leftovers, set aside)."""
+    try:
+        return sorted(p for p in held_dir.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return []
 
 
 def finish_held_claim(held: Path, dst: Path) -> None:
@@ -377,22 +415,18 @@ def finish_held_claim(held: Path, dst: Path) -> None:
                 remove_entry(tmp)
             raise
         fsync_dir(dst.parent)
-    remove_entry(held)
+    _let_go(held)
 
 
 def _finish_held_claims(daemon: Any) -> None:
     held_dir = Path(daemon.config.sources.folder.path) / CLAIMING
-    try:
-        held = sorted(held_dir.iterdir())
-    except OSError:
-        return
-    for path in held:
+    for path in _held(held_dir):
         try:
             finish_held_claim(path, daemon.store.processing / path.name)
             log.info("finished the interrupted claim of %s", log_name(path.name))
         except OSError as exc:
             log.error("cannot finish the claim of %s: %s (it stays in %s)", log_name(path.name),
-                      exc.strerror, held_dir)
+                      exc.strerror or exc, held_dir)
 
 
 def recover(daemon: Any, stop: threading.Event) -> int:

@@ -339,3 +339,44 @@ def test_a_held_claim_waits_while_data_dir_refuses_it(env: Env, shm_inbox: Path,
         assert list((shm_inbox / ".claiming").iterdir()) == []
     finally:
         d.shutdown()
+
+
+def test_a_folder_holding_a_fifo_and_a_socket_is_quarantined_across_filesystems(
+        env: Env, shm_inbox: Path) -> None:
+    import socket
+
+    bad = shm_inbox / "odd folder"
+    bad.mkdir()
+    os.mkfifo(bad / "pipe")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(bad / "sock"))
+        (bad / "cell.bmp").write_bytes(cnmc_files()[2].read_bytes())
+        d = Daemon(env.config())
+        d.start()
+        try:
+            wait_until(lambda: len(env.rows()) == 1, 15, what="the folder quarantined")
+            assert (env.rows()[0]["status"], env.rows()[0]["reason"]) == ("quarantined", "not_a_file")
+            assert list((shm_inbox / ".claiming").iterdir()) == []
+            kept = next(p for p in (env.data / "quarantine").iterdir() if p.is_dir())
+            assert sorted(p.name for p in kept.iterdir()) == ["cell.bmp", "pipe", "sock"]
+        finally:
+            d.shutdown()
+
+
+def test_a_held_folder_already_journaled_does_not_stop_the_scan(env: Env, shm_inbox: Path) -> None:
+    """Left in .claiming after its copy was processed (its removal failed): let go of it,
+    and keep claiming new files."""
+    d = Daemon(env.config())
+    d.start()
+    try:
+        (shm_inbox / "first.bmp").write_bytes(cnmc_files()[1].read_bytes())
+        wait_until(lambda: len(env.rows()) == 1, 15, what="the first file")
+        held = shm_inbox / ".claiming" / f"{env.rows()[0]['id']}__old folder"
+        held.mkdir()
+        (held / "x.bmp").write_bytes(b"x")
+        (shm_inbox / "second.bmp").write_bytes(cnmc_files()[4].read_bytes())
+        wait_until(lambda: len(env.rows()) == 2, 15, what="the second file")
+        wait_until(lambda: not held.exists(), 10, what="the journaled leftover removed")
+        assert d.component("folder").error is None
+    finally:
+        d.shutdown()
