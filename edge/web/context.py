@@ -76,21 +76,21 @@ def protected(view: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any):
         ctx = current()
         addr = request.remote_addr or "?"
-        wait = ctx.logins.retry_after(addr)
+        wait = ctx.logins.begin(addr)
         if wait:
             raise ApiError(429, "locked_out", f"too many wrong credentials from {addr}; try again in "
                            f"{wait} s", headers={"Retry-After": str(wait)})
         header = request.headers.get("Authorization")
-        if not check_authorization(ctx.creds, header):
-            if header and ctx.logins.failed(addr):   # only wrong credentials count, not a browser's first try
-                log.warning("locked out %s for %.0f s after %d wrong credentials", addr,
-                            ctx.logins.window, ctx.logins.limit)
-            else:
-                log.info("unauthenticated %s %s from %s", request.method, request.path, addr)
+        ok = check_authorization(ctx.creds, header)
+        # only wrong credentials count, not a browser's first try without any
+        if ctx.logins.finish(addr, failed=bool(header) and not ok, cleared=bool(header) and ok):
+            log.warning("locked out %s for %.0f s after %d wrong credentials", addr,
+                        ctx.logins.window, ctx.logins.limit)
+        elif not ok:
+            log.info("unauthenticated %s %s from %s", request.method, request.path, addr)
+        if not ok:
             raise ApiError(401, "unauthorized", "credentials required (HTTP Basic or Bearer)",
                            headers={"WWW-Authenticate": challenge(ctx.creds)})
-        if header:
-            ctx.logins.succeeded(addr)
         return view(*args, **kwargs)
 
     return wrapper
