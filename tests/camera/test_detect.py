@@ -13,7 +13,7 @@ from edge.analysis.crop import square_crop
 from edge.analysis.detect import detect_cells, reference_strength
 from edge.analysis.evaluate import Match, match_centres, read_xyc
 from edge.config import AnalysisConfig
-from tests.camera.fields import make_field
+from tests.camera.fields import make_field, recording_white_cells
 
 MATCH_RADIUS = 40  # px; the smallest synthetic nucleus is ~60 px across
 # Measured by bench/bench_field.py on 40 trainer fields (seed 20261122): blast recall 1.000
@@ -212,3 +212,15 @@ def test_thin_strips_are_analysed_not_crashed(shape: Tuple[int, int, int],
                                               analysis_cfg: AnalysisConfig) -> None:
     # A 1 px tall upload used to scale to 0 rows: cv2.error, quarantined as internal_error.
     assert detect_cells(np.full(shape, 230, np.uint8), analysis_cfg) == []
+
+
+def test_a_weakly_stained_field_does_not_turn_red_cells_into_nuclei(analysis_cfg: AnalysisConfig) -> None:
+    """Field 30 of bench/bench_field.py (seed 20261122): with only a background-contrast floor
+    its overlapping red cells passed as 402 nuclei; the relative floor keeps them out."""
+    import trainer.synth as synth
+
+    with recording_white_cells() as placed:
+        image, _blasts = synth.field(np.random.default_rng([20261122, 30]), True)
+    found = [c.centre for c in detect_cells(image, analysis_cfg)]
+    match = match_centres(found, placed[-1], MATCH_RADIUS)
+    assert match.recall == 1.0 and match.precision >= PRECISION_FLOOR, (match, len(found))
