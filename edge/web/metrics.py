@@ -39,6 +39,11 @@ def _labels(labels: Mapping[str, Any]) -> str:
     return "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items()) + "}"
 
 
+def _family(name: str, help_text: str, kind: str) -> List[str]:
+    """The `# HELP` and `# TYPE` lines that open one metric family."""
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+
 def _num(v: float) -> str:
     if isinstance(v, bool):
         return "1" if v else "0"
@@ -89,28 +94,24 @@ class Metrics:
             http = dict(self._http)
 
         name = metric_name("results_seen_total")
-        out += [f"# HELP {name} Results journaled since this process started.",
-                f"# TYPE {name} counter"]
+        out += _family(name, "Results journaled since this process started.", "counter")
         for (source, st, label), n in sorted(results.items()):
             out.append(f"{name}{_labels({'source': source, 'status': st, 'label': label})} {n}")
 
         name = metric_name("latency_ms")
-        out += [f"# HELP {name} Per-input latency (decode + inference) in milliseconds.",
-                f"# TYPE {name} histogram"]
+        out += _family(name, "Per-input latency (decode + inference) in milliseconds.", "histogram")
         for le, n in zip(LATENCY_BUCKETS_MS, buckets):
             out.append(f'{name}_bucket{{le="{le}"}} {n}')
         out += [f'{name}_bucket{{le="+Inf"}} {count}', f"{name}_sum {_num(total)}",
                 f"{name}_count {count}"]
 
         name = metric_name("http_requests_total")
-        out += [f"# HELP {name} HTTP requests answered, by route and status code.",
-                f"# TYPE {name} counter"]
+        out += _family(name, "HTTP requests answered, by route and status code.", "counter")
         for (method, route, code), n in sorted(http.items()):
             out.append(f"{name}{_labels({'method': method, 'route': route, 'code': code})} {n}")
 
         name = metric_name("health")
-        out += [f"# HELP {name} Health checks as a state set (1 = the check is in this state).",
-                f"# TYPE {name} gauge"]
+        out += _family(name, "Health checks as a state set (1 = the check is in this state).", "gauge")
         for check in health:
             for state in HEALTH_STATES:
                 value = 1 if check.get("state") == state else 0
@@ -142,6 +143,5 @@ def _status_metrics(status: Mapping[str, Any]) -> List[str]:
         seen.add(name)
         kind = "counter" if is_counter else "gauge"
         where = ".".join(path).replace("\\", "\\\\").replace("\n", "\\n")
-        out += [f"# HELP {name} daemon.status() {where}", f"# TYPE {name} {kind}",
-                f"{name} {_num(value)}"]
+        out += _family(name, f"daemon.status() {where}", kind) + [f"{name} {_num(value)}"]
     return out
