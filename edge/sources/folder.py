@@ -262,7 +262,25 @@ class FolderSource(Component):
         self.last_claim = time.time()
         job = Job(id=id, source="folder", name=name, analysis=self.cfg.analysis,
                   received=time.time(), stored=path.name, path=path)
-        submit_blocking(self.daemon.pipeline, job, self._stop)
+        if not submit_blocking(self.daemon.pipeline, job, self._stop):
+            self._unclaim(path, name)
+
+    def _unclaim(self, path: Path, name: str) -> None:
+        """Stopping with the queue full: give the file back to the inbox, so a stop leaves
+        nothing half-taken. Across filesystems, or if the name was reused meanwhile, it stays
+        in processing/ and the next start's recovery finishes it."""
+        back = self.inbox / name
+        try:
+            if path.is_file() and not path.is_symlink():
+                os.link(path, back)   # fails if a new file took the name: never overwrites
+                path.unlink()
+            elif not os.path.lexists(back):
+                os.rename(path, back)
+            else:
+                return
+        except OSError:
+            return
+        self.claimed -= 1
 
     def _copy_claim(self, src: Path, dst: Path) -> Optional[bool]:
         """Claim across filesystems: an atomic rename within the inbox's filesystem first, so
@@ -334,8 +352,9 @@ class FolderSource(Component):
 
 
 def submit_blocking(pipeline: Any, job: Job, stop: threading.Event) -> bool:
-    """Submit with back-pressure; gives up only when stopping (the file stays in processing/)."""
-    while not stop.is_set():
+    """Submit with back-pressure. Tried at least once, even when stopping (the pipeline still
+    takes work while the sources stop); gives up only when stopping and the queue is full."""
+    while True:
         try:
             pipeline.submit(job, timeout=0.5)
             return True
@@ -344,7 +363,8 @@ def submit_blocking(pipeline: Any, job: Job, stop: threading.Event) -> bool:
         except Exception as exc:
             if type(exc).__name__ != "Busy":
                 raise
-    return False
+            if stop.is_set():
+                return False
 
 
 def _copy_leaf(src: str, dst: str) -> None:

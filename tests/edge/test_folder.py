@@ -380,3 +380,39 @@ def test_a_held_folder_already_journaled_does_not_stop_the_scan(env: Env, shm_in
         assert d.component("folder").error is None
     finally:
         d.shutdown()
+
+
+def test_a_claim_that_cannot_be_queued_while_stopping_goes_back_to_the_inbox(env: Env, monkeypatch) -> None:
+    """Stopping with the pipeline's queue full: the file is given back, not left half-taken;
+    a new file that took its name meanwhile is never overwritten."""
+    from edge.pipeline import Busy
+
+    d = Daemon(env.config())
+    d.start()
+    try:
+        folder = d.component("folder")
+        folder.stop()
+
+        def full(job, timeout=None):
+            raise Busy("queue full")
+
+        monkeypatch.setattr(d.pipeline, "submit", full)
+        good = cnmc_files()[6].read_bytes()
+        (env.inbox / "late.bmp").write_bytes(good)
+        assert folder._claim("late.bmp")
+        assert (env.inbox / "late.bmp").read_bytes() == good
+        assert list((env.data / "processing").iterdir()) == []
+        (env.inbox / "taken.bmp").write_bytes(good)
+        real_rename = os.rename
+
+        def rename_then_new_arrival(src, dst):       # a new file arrives under the old name
+            real_rename(src, dst)
+            if Path(src).name == "taken.bmp":
+                Path(src).write_bytes(b"new")
+        monkeypatch.setattr(os, "rename", rename_then_new_arrival)
+        assert folder._claim("taken.bmp")
+        monkeypatch.setattr(os, "rename", real_rename)
+        assert (env.inbox / "taken.bmp").read_bytes() == b"new"
+        assert len(list((env.data / "processing").iterdir())) == 1   # left for recovery
+    finally:
+        d.shutdown()
